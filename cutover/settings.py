@@ -1,0 +1,110 @@
+"""The one typed settings object.
+
+Every knob that differs between a laptop, CI and production lives here and is read
+from ``CUTOVER_*`` environment variables (or ``.env`` / the file that
+``cutover services up`` writes), so production targets are configured by settings
+alone. Secrets are ``SecretStr``: they print as ``**********`` and are only unwrapped
+at the moment a connection is opened.
+"""
+
+from __future__ import annotations
+
+import re
+from functools import cached_property
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+Dialect = Literal["mssql", "postgresql", "sqlite"]
+
+#: Where ``cutover services up`` records the addresses of the servers it started.
+SERVICES_ENV_FILE = ".cutover/services.env"
+
+
+class Settings(BaseSettings):
+    """Connection settings and tunables; see the README's configuration reference."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="CUTOVER_",
+        env_file=(SERVICES_ENV_FILE, ".env"),
+        env_file_encoding="utf-8",
+        extra="ignore",
+    )
+
+    config_file: Path = Field(Path("cutover.toml"), description="Entities and subscriptions.")
+    state_dir: Path = Field(Path(".cutover"), description="Local state: SQLite file, flag file.")
+
+    # The new store (SQL Server in production).
+    sql_dsn: SecretStr | None = Field(None, description="pyodbc connection string.")
+    sql_dialect: Dialect | None = Field(None, description="Inferred from the DSN when unset.")
+
+    # The old store.
+    rethinkdb_host: str = "127.0.0.1"
+    rethinkdb_port: int = 28015
+    rethinkdb_user: str = "admin"
+    rethinkdb_password: SecretStr = SecretStr("")
+    rethinkdb_timeout_s: float = 10.0
+
+    # Pub/Sub.
+    pubsub_project: str = "cutover-local"
+    pubsub_emulator_host: str | None = Field(
+        None, description="host:port of a local Pub/Sub server; unset means real Google Cloud."
+    )
+
+    # Unleash. No URL means the embedded file backend.
+    unleash_url: str | None = None
+    unleash_admin_token: SecretStr | None = None
+    unleash_backend_token: SecretStr | None = None
+    unleash_environment: str = "development"
+    unleash_project: str = "default"
+    unleash_refresh_interval_s: int = 1
+    unleash_request_timeout_s: float = 3.0
+
+    # The service.
+    api_host: str = "127.0.0.1"
+    api_port: int = 8080
+    admin_token: SecretStr | None = None
+
+    # Cutover gate: how old a clean verification may be before `flags set ... new`.
+    gate_max_verification_age_s: int = 24 * 3600
+
+    @cached_property
+    def dialect(self) -> Dialect:
+        """The SQL dialect: explicit, else inferred from the DSN's driver, else SQLite."""
+        if self.sql_dialect:
+            return self.sql_dialect
+        if self.sql_dsn is None:
+            return "sqlite"
+        return infer_dialect(self.sql_dsn.get_secret_value())
+
+    @property
+    def sqlite_path(self) -> Path:
+        return self.state_dir / "cutover.db"
+
+    def sql_connection_string(self) -> str:
+        """The pyodbc connection string; the embedded default is a SQLite file."""
+        if self.sql_dsn is not None:
+            return self.sql_dsn.get_secret_value()
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        return f"DRIVER={{SQLite3}};Database={self.sqlite_path.resolve()}"
+
+
+def infer_dialect(dsn: str) -> Dialect:
+    """Guess the dialect from an ODBC connection string's DRIVER."""
+    match = re.search(r"driver\s*=\s*\{?([^;}]*)", dsn, re.IGNORECASE)
+    driver = (match.group(1) if match else dsn).lower()
+    if "sqlite" in driver:
+        return "sqlite"
+    if "postgres" in driver or "psqlodbc" in driver:
+        return "postgresql"
+    return "mssql"
+
+
+_SECRET_KEYS = re.compile(r"\b(PWD|PASSWORD|Password|pwd|UID_PASSWORD|token)\s*=\s*[^;]*", re.I)
+
+
+def redact(text: str) -> str:
+    """Mask ``PWD=...``-style secrets in text that may quote a connection string."""
+    return _SECRET_KEYS.sub(lambda m: m.group(0).split("=", 1)[0] + "=***", text)

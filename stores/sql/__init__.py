@@ -1,0 +1,19 @@
+"""The SQL Server store (and its stand-ins) behind one batch write path."""
+
+from .dialects import DIALECTS, Dialect, get_dialect
+from .schema import Col, Table, entity_table
+from .store import SqlStore, StoreUnavailable, WriteResult, is_transient, newest
+
+__all__ = [
+    "DIALECTS",
+    "Col",
+    "Dialect",
+    "SqlStore",
+    "StoreUnavailable",
+    "Table",
+    "WriteResult",
+    "entity_table",
+    "get_dialect",
+    "is_transient",
+    "newest",
+]

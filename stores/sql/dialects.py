@@ -1,0 +1,197 @@
+"""SQL dialects: T-SQL for production, PostgreSQL and SQLite as stand-ins.
+
+Everything that differs between the three lives here: identifier quoting, column
+types, how values are bound through their ODBC drivers, limits per statement, paging,
+and the version-guarded upsert. Callers build statements only through a dialect, so
+the T-SQL that runs in production is the same text the golden tests check offline.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from cutover.config import IDENTIFIER, ColumnType
+from cutover.settings import Dialect as DialectName
+
+#: Types of the project's own bookkeeping tables (checkpoints, ledger, audit, ...).
+InternalType = str  # "key" | "text" | "int" | "float" | "bool" | "datetime"
+
+
+@dataclass(frozen=True)
+class Dialect:
+    name: DialectName
+    max_params: int
+    max_rows: int
+
+    # -- identifiers -----------------------------------------------------------------
+    def quote(self, identifier: str) -> str:
+        """Quote an identifier after checking it, so no name can inject SQL."""
+        if not IDENTIFIER.match(identifier):
+            raise ValueError(f"invalid SQL identifier {identifier!r}")
+        return f"[{identifier}]" if self.name == "mssql" else f'"{identifier}"'
+
+    # -- types -----------------------------------------------------------------------
+    def key_type(self, length: int) -> str:
+        """Keys sort by code point in every store: binary collations."""
+        if self.name == "mssql":
+            return f"NVARCHAR({length}) COLLATE Latin1_General_100_BIN2"
+        if self.name == "postgresql":
+            return f'VARCHAR({length}) COLLATE "C"'
+        return "TEXT"
+
+    def column_type(self, kind: ColumnType | InternalType, max_length: int | None = None) -> str:
+        kind = str(kind)
+        if kind == "key":
+            return self.key_type(max_length or 255)
+        if kind in ("string", "text", "json"):
+            if self.name == "mssql":
+                return f"NVARCHAR({max_length})" if max_length and kind == "string" else "NVARCHAR(MAX)"
+            if self.name == "postgresql":
+                return f"VARCHAR({max_length})" if max_length and kind == "string" else "TEXT"
+            return "TEXT"
+        return _SCALAR_TYPES[self.name][kind]
+
+    # -- values ----------------------------------------------------------------------
+    def to_db(self, kind: ColumnType | InternalType, value: Any) -> Any:
+        """A Python value as the driver should bind it."""
+        if value is None:
+            return None
+        kind = str(kind)
+        if kind == "json":
+            return json.dumps(value, separators=(",", ":"), ensure_ascii=False, sort_keys=True)
+        if kind == "datetime":
+            naive = value.astimezone(UTC).replace(tzinfo=None)
+            # sqliteodbc keeps only milliseconds of a bound datetime: bind ISO text.
+            return naive.isoformat(sep=" ", timespec="microseconds") if self.name == "sqlite" else naive
+        if kind == "bool":
+            return int(value) if self.name == "sqlite" else bool(value)
+        return value
+
+    def from_db(self, kind: ColumnType | InternalType, value: Any) -> Any:
+        """A fetched value back as the Python value the mapping uses."""
+        if value is None:
+            return None
+        kind = str(kind)
+        if kind == "json":
+            return json.loads(value)
+        if kind == "datetime":
+            if isinstance(value, str):
+                value = datetime.fromisoformat(value)
+            return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+        if kind == "bool":
+            return value not in (0, "0", False, "f", "false")
+        if kind == "int":
+            return int(value)
+        if kind == "float":
+            return float(value)
+        return value
+
+    def prepare_dsn(self, dsn: str) -> str:
+        """Add driver options the store relies on when the DSN does not set them.
+
+        sqliteodbc truncates 64-bit integers to 32 bits unless ``BigInt=1``; WAL and a
+        busy timeout let a reader and a writer process share the file.
+        """
+        if self.name != "sqlite":
+            return dsn
+        present = {p.split("=", 1)[0].strip().lower() for p in dsn.split(";") if "=" in p}
+        extra = {"BigInt": "1", "JournalMode": "WAL", "Timeout": "30000"}
+        missing = [f"{k}={v}" for k, v in extra.items() if k.lower() not in present]
+        return ";".join([dsn.rstrip(";"), *missing]) if missing else dsn
+
+    def placeholder(self, kind: ColumnType | InternalType) -> str:
+        """A parameter marker; T-SQL casts it so NULLs in a VALUES list keep their type."""
+        if self.name != "mssql":
+            return "?"
+        kind = str(kind)
+        sql_type = "NVARCHAR(900)" if kind == "key" else self.column_type(kind)
+        return f"CAST(? AS {sql_type})"
+
+    # -- statements ------------------------------------------------------------------
+    def limit(self, sql: str, n: int) -> str:
+        """Append a row limit to a SELECT that has an ORDER BY."""
+        if self.name == "mssql":
+            return f"{sql} OFFSET 0 ROWS FETCH NEXT {int(n)} ROWS ONLY"
+        return f"{sql} LIMIT {int(n)}"
+
+    def rows_per_statement(self, columns: int) -> int:
+        return max(1, min(self.max_rows, self.max_params // columns))
+
+    def upsert(
+        self,
+        table: str,
+        columns: list[tuple[str, ColumnType | InternalType]],
+        rows: int,
+        *,
+        key: str,
+        version: str,
+        deleted: str,
+    ) -> str:
+        """A version-guarded multi-row upsert of ``rows`` rows.
+
+        A stored row is replaced only when the incoming ``(version, deleted)`` is greater:
+        a newer version wins, and at equal versions a delete beats an upsert, so any
+        order and any duplication of the same events ends in the same state.
+        """
+        q = self.quote
+        names = [q(c) for c, _ in columns]
+        newer = (
+            "{t}.{v} < {s}.{v} OR ({t}.{v} = {s}.{v} AND {t}.{d} < {s}.{d})"
+        )
+        if self.name == "mssql":
+            marks = "(" + ", ".join(self.placeholder(k) for _, k in columns) + ")"
+            sets = ", ".join(f"t.{n} = s.{n}" for n in names if n != q(key))
+            cond = newer.format(t="t", s="s", v=q(version), d=q(deleted))
+            return (
+                f"MERGE INTO {q(table)} WITH (HOLDLOCK) AS t\n"
+                f"USING (VALUES {', '.join([marks] * rows)}) AS s ({', '.join(names)})\n"
+                f"ON t.{q(key)} = s.{q(key)}\n"
+                f"WHEN MATCHED AND ({cond}) THEN\n"
+                f"  UPDATE SET {sets}\n"
+                f"WHEN NOT MATCHED BY TARGET THEN\n"
+                f"  INSERT ({', '.join(names)}) VALUES ({', '.join('s.' + n for n in names)});"
+            )
+        marks = "(" + ", ".join("?" for _ in columns) + ")"
+        sets = ", ".join(f"{n} = excluded.{n}" for n in names if n != q(key))
+        cond = newer.format(t=q(table), s="excluded", v=q(version), d=q(deleted))
+        return (
+            f"INSERT INTO {q(table)} ({', '.join(names)})\n"
+            f"VALUES {', '.join([marks] * rows)}\n"
+            f"ON CONFLICT ({q(key)}) DO UPDATE SET {sets}\n"
+            f"WHERE {cond}"
+        )
+
+
+_SCALAR_TYPES: dict[str, dict[str, str]] = {
+    "mssql": {
+        "int": "BIGINT",
+        "float": "FLOAT",
+        "bool": "BIT",
+        "datetime": "DATETIME2(6)",
+    },
+    "postgresql": {
+        "int": "BIGINT",
+        "float": "DOUBLE PRECISION",
+        "bool": "BOOLEAN",
+        "datetime": "TIMESTAMP(6)",
+    },
+    "sqlite": {"int": "INTEGER", "float": "REAL", "bool": "INTEGER", "datetime": "TEXT"},
+}
+
+DIALECTS: dict[str, Dialect] = {
+    # SQL Server: 2,100 parameters per statement, 1,000 rows per VALUES list.
+    "mssql": Dialect("mssql", max_params=2000, max_rows=1000),
+    "postgresql": Dialect("postgresql", max_params=30000, max_rows=1000),
+    # SQLite's default SQLITE_MAX_VARIABLE_NUMBER is 32766 since 3.32.
+    "sqlite": Dialect("sqlite", max_params=30000, max_rows=1000),
+}
+
+
+def get_dialect(name: str) -> Dialect:
+    try:
+        return DIALECTS[name]
+    except KeyError:
+        raise ValueError(f"unknown SQL dialect {name!r} (known: {', '.join(DIALECTS)})") from None

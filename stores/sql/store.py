@@ -1,0 +1,326 @@
+"""The new store: entity tables in SQL Server (or a stand-in) through pyodbc.
+
+There is one write path, :meth:`SqlStore.apply`, used by the subscription handler,
+the backfill and failure replays alike: a batch of rows, deduplicated, written with a
+version-guarded upsert in one transaction. A row changes only when the incoming
+``(version, deleted)`` is greater than the stored one, so duplicates, reordering and
+a backfill racing the double-write all end in the newest version.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import pyodbc
+
+from cutover.config import Config, Entity
+from cutover.events import now_utc
+from cutover.settings import Settings, redact
+
+from ..mapping import Row
+from .dialects import Dialect, get_dialect
+from .schema import DELETED, UPDATED_AT, Table, entity_table, ensure_tables
+
+
+class StoreUnavailable(RuntimeError):
+    """The SQL store cannot be reached or failed transiently; retry later, nothing lost."""
+
+
+#: SQLSTATE classes that mean "try again": connection trouble, timeouts, deadlocks.
+_TRANSIENT_STATES = ("08", "HYT00", "HYT01", "40001", "40P01", "57P01", "57P03", "HY000")
+
+
+def is_transient(exc: BaseException) -> bool:
+    if isinstance(exc, pyodbc.OperationalError | pyodbc.InterfaceError):
+        return True
+    state = str(exc.args[0]) if isinstance(exc, pyodbc.Error) and exc.args else ""
+    return state.startswith(_TRANSIENT_STATES)
+
+
+@dataclass(frozen=True)
+class WriteResult:
+    applied: int = 0
+    stale: int = 0
+
+    def __add__(self, other: WriteResult) -> WriteResult:
+        return WriteResult(self.applied + other.applied, self.stale + other.stale)
+
+
+def newest(rows: Iterable[Row]) -> list[Row]:
+    """One row per key: the one that would win (highest ``(version, deleted)``)."""
+    best: dict[str, Row] = {}
+    for row in rows:
+        held = best.get(row.key)
+        if held is None or row.rank > held.rank:
+            best[row.key] = row
+    return list(best.values())
+
+
+class SqlStore:
+    """Entity tables plus the project's bookkeeping tables in one SQL database."""
+
+    def __init__(
+        self,
+        connection_string: str,
+        dialect: Dialect | str,
+        config: Config,
+        *,
+        login_timeout_s: int = 10,
+        query_timeout_s: int = 60,
+        pool_size: int = 4,
+    ) -> None:
+        self.dialect = get_dialect(dialect) if isinstance(dialect, str) else dialect
+        self._dsn = self.dialect.prepare_dsn(connection_string)
+        self.config = config
+        self._login_timeout = login_timeout_s
+        self._query_timeout = query_timeout_s
+        self._pool: queue.LifoQueue[pyodbc.Connection] = queue.LifoQueue(maxsize=pool_size)
+        self._lock = threading.Lock()
+        self._tables = {name: entity_table(e) for name, e in config.entities.items()}
+
+    @classmethod
+    def from_settings(cls, settings: Settings, config: Config, **kwargs: Any) -> SqlStore:
+        return cls(settings.sql_connection_string(), settings.dialect, config, **kwargs)
+
+    def __repr__(self) -> str:  # never show the DSN: it may hold a password
+        return f"SqlStore(dialect={self.dialect.name!r})"
+
+    # -- connections ------------------------------------------------------------------
+    def _connect(self) -> pyodbc.Connection:
+        try:
+            conn = pyodbc.connect(self._dsn, autocommit=False, timeout=self._login_timeout)
+        except pyodbc.Error as exc:
+            raise StoreUnavailable(f"cannot connect to the SQL store: {redact(str(exc))}") from None
+        try:
+            conn.timeout = self._query_timeout
+        except pyodbc.Error:
+            pass  # psqlodbc has no query timeout attribute; the server's own applies
+        return conn
+
+    @contextmanager
+    def transaction(self) -> Iterator[pyodbc.Cursor]:
+        """A cursor in a transaction: committed on success, rolled back on error.
+
+        Transient database errors surface as :class:`StoreUnavailable` so callers can
+        retry; the broken connection is discarded rather than returned to the pool.
+        """
+        try:
+            pooled: pyodbc.Connection | None = self._pool.get_nowait()
+        except queue.Empty:
+            pooled = None
+        conn = pooled or self._connect()
+        healthy = True
+        try:
+            cursor = conn.cursor()
+            yield cursor
+            conn.commit()
+        except pyodbc.Error as exc:
+            healthy = False
+            _close_quietly(conn, rollback=True)
+            if is_transient(exc):
+                raise StoreUnavailable(f"SQL store error: {redact(str(exc))}") from None
+            raise
+        except BaseException:
+            try:
+                conn.rollback()
+            except pyodbc.Error:
+                healthy = False
+                _close_quietly(conn)
+            raise
+        finally:
+            if healthy:
+                try:
+                    self._pool.put_nowait(conn)
+                except queue.Full:
+                    _close_quietly(conn)
+
+    def close(self) -> None:
+        while True:
+            try:
+                _close_quietly(self._pool.get_nowait())
+            except queue.Empty:
+                return
+
+    def ping(self) -> None:
+        with self.transaction() as cur:
+            cur.execute("SELECT 1").fetchone()
+
+    # -- schema -----------------------------------------------------------------------
+    def ensure_schema(self, extra: Iterable[Table] = ()) -> list[str]:
+        """Create or upgrade the entity tables (and ``extra`` bookkeeping tables)."""
+        with self._lock, self.transaction() as cur:
+            return ensure_tables(cur, self.dialect, [*self._tables.values(), *extra])
+
+    def table(self, entity: Entity | str) -> Table:
+        name = entity if isinstance(entity, str) else entity.name
+        try:
+            return self._tables[name]
+        except KeyError:
+            self.config.entity(name)  # raises ConfigError naming the known entities
+            raise
+
+    # -- the write path -----------------------------------------------------------------
+    def apply(
+        self, entity: Entity, rows: Sequence[Row], *, cursor: pyodbc.Cursor | None = None
+    ) -> WriteResult:
+        """Write rows with the version rules; in ``cursor``'s transaction when given."""
+        if cursor is not None:
+            return self._apply(cursor, entity, rows)
+        with self.transaction() as cur:
+            return self._apply(cur, entity, rows)
+
+    def _apply(self, cur: pyodbc.Cursor, entity: Entity, rows: Sequence[Row]) -> WriteResult:
+        unique = newest(rows)
+        duplicates = len(rows) - len(unique)
+        if not unique:
+            return WriteResult(0, duplicates)
+        table = self.table(entity)
+        columns = [(c.name, c.kind) for c in table.columns]
+        per_statement = self.dialect.rows_per_statement(len(columns))
+        now = now_utc()
+        applied = 0
+        for start in range(0, len(unique), per_statement):
+            chunk = unique[start : start + per_statement]
+            sql = self.dialect.upsert(
+                table.name, columns, len(chunk), key=entity.key, version=entity.version,
+                deleted=DELETED,
+            )
+            params: list[Any] = []
+            for row in chunk:
+                params.extend(self._params(entity, table, row, now))
+            cur.execute(sql, params)
+            applied += max(cur.rowcount, 0)
+        return WriteResult(applied, len(rows) - applied)
+
+    def _params(self, entity: Entity, table: Table, row: Row, now: Any) -> list[Any]:
+        to_db = self.dialect.to_db
+        fixed = {
+            entity.key: row.key,
+            entity.client: row.client_id,
+            entity.version: to_db("int", row.version),
+            DELETED: to_db("bool", row.deleted),
+            UPDATED_AT: to_db("datetime", now),
+        }
+        return [
+            fixed[c.name] if c.name in fixed else to_db(c.kind, row.values.get(c.name))
+            for c in table.columns
+        ]
+
+    # -- reads ------------------------------------------------------------------------
+    def _select(self, entity: Entity) -> str:
+        table = self.table(entity)
+        cols = ", ".join(self.dialect.quote(c.name) for c in table.columns)
+        return f"SELECT {cols} FROM {self.dialect.quote(table.name)}"
+
+    def _row(self, entity: Entity, record: Sequence[Any]) -> Row:
+        table = self.table(entity)
+        from_db = self.dialect.from_db
+        values = {c.name: from_db(c.kind, v) for c, v in zip(table.columns, record, strict=True)}
+        return Row(
+            key=values.pop(entity.key),
+            client_id=values.pop(entity.client),
+            version=values.pop(entity.version),
+            deleted=values.pop(DELETED),
+            values={c.name: values[c.name] for c in entity.columns},
+        )
+
+    def get(self, entity: Entity, key: str) -> Row | None:
+        """One row by key, tombstones included (callers decide what a tombstone means)."""
+        rows = self.get_many(entity, [key])
+        return rows[0] if rows else None
+
+    def get_many(self, entity: Entity, keys: Sequence[str]) -> list[Row]:
+        q = self.dialect.quote
+        found: list[Row] = []
+        step = min(self.dialect.max_params, 1000)
+        with self.transaction() as cur:
+            for start in range(0, len(keys), step):
+                chunk = list(keys[start : start + step])
+                marks = ", ".join("?" for _ in chunk)
+                cur.execute(f"{self._select(entity)} WHERE {q(entity.key)} IN ({marks})", chunk)
+                found.extend(self._row(entity, r) for r in cur.fetchall())
+        return found
+
+    def page(
+        self,
+        entity: Entity,
+        client_id: str | None,
+        *,
+        after: str | None = None,
+        limit: int = 1000,
+        include_deleted: bool = False,
+    ) -> list[Row]:
+        """Rows in key order after ``after`` (keyset paging), one client or all."""
+        q = self.dialect.quote
+        where, params = [], []
+        if client_id is not None:
+            where.append(f"{q(entity.client)} = ?")
+            params.append(client_id)
+        if after is not None:
+            where.append(f"{q(entity.key)} > ?")
+            params.append(after)
+        if not include_deleted:
+            where.append(f"{q(DELETED)} = ?")
+            params.append(self.dialect.to_db("bool", False))
+        sql = self._select(entity)
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql = self.dialect.limit(f"{sql} ORDER BY {q(entity.key)}", limit)
+        with self.transaction() as cur:
+            cur.execute(sql, params)
+            return [self._row(entity, r) for r in cur.fetchall()]
+
+    def scan(
+        self, entity: Entity, client_id: str | None, *, page_size: int = 1000, include_deleted: bool = True
+    ) -> Iterator[Row]:
+        """Every row in key order, paged, so memory stays flat on any table size."""
+        after: str | None = None
+        while True:
+            rows = self.page(
+                entity, client_id, after=after, limit=page_size, include_deleted=include_deleted
+            )
+            yield from rows
+            if len(rows) < page_size:
+                return
+            after = rows[-1].key
+
+    def count(self, entity: Entity, client_id: str | None = None, *, include_deleted: bool = False) -> int:
+        q = self.dialect.quote
+        where, params = [], []
+        if client_id is not None:
+            where.append(f"{q(entity.client)} = ?")
+            params.append(client_id)
+        if not include_deleted:
+            where.append(f"{q(DELETED)} = ?")
+            params.append(self.dialect.to_db("bool", False))
+        sql = f"SELECT COUNT(*) FROM {q(self.table(entity).name)}"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        with self.transaction() as cur:
+            return int(cur.execute(sql, params).fetchone()[0])
+
+    def clients(self, entity: Entity) -> list[str]:
+        q = self.dialect.quote
+        with self.transaction() as cur:
+            cur.execute(
+                f"SELECT DISTINCT {q(entity.client)} FROM {q(self.table(entity).name)} "
+                f"ORDER BY {q(entity.client)}"
+            )
+            return [r[0] for r in cur.fetchall()]
+
+
+def _close_quietly(conn: pyodbc.Connection, *, rollback: bool = False) -> None:
+    try:
+        if rollback:
+            conn.rollback()
+    except pyodbc.Error:
+        pass
+    try:
+        conn.close()
+    except pyodbc.Error:
+        pass
