@@ -106,8 +106,12 @@ def events_schema() -> None:
 
 
 @events.command("publish")
-@click.option("--file", "path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="JSON-lines file: one event per line.")
+@click.option(
+    "--file",
+    "path",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="JSON-lines file: one event per line.",
+)
 @click.option("--generate", type=int, help="Generate about N synthetic events instead.")
 @click.option("--entity", help="Entity for --generate.")
 @click.option("--clients", type=int, default=3, show_default=True, help="Clients for --generate.")
@@ -115,8 +119,13 @@ def events_schema() -> None:
 @click.option("--topic", help="Publish to this topic instead of the entity's.")
 @click.option("--dry-run", is_flag=True, help="Validate and count; publish nothing.")
 def events_publish(
-    path: Path | None, generate: int | None, entity: str | None, clients: int, seed: int,
-    topic: str | None, dry_run: bool,
+    path: Path | None,
+    generate: int | None,
+    entity: str | None,
+    clients: int,
+    seed: int,
+    topic: str | None,
+    dry_run: bool,
 ) -> None:
     """Publish events from a file, or synthetic ones, with the contract's attributes.
 
@@ -154,7 +163,9 @@ def events_publish(
     by_topic: dict[str, list[Any]] = {}
     for event in batch:
         by_topic.setdefault(topic or rt.cfg.entity(event.entity).topic, []).append(event)
-    total = sum(publish_events(rt.settings, evs, topic=t, client=client) for t, evs in by_topic.items())
+    total = sum(
+        publish_events(rt.settings, evs, topic=t, client=client) for t, evs in by_topic.items()
+    )
     click.echo(f"published {total} events to {', '.join(sorted(by_topic))}")
 
 

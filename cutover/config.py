@@ -36,7 +36,8 @@ class ColumnType(StrEnum):
 def _identifier(value: str) -> str:
     if not IDENTIFIER.match(value):
         raise ValueError(
-            f"{value!r} is not a valid identifier (letters, digits and _, not starting with a digit)"
+            f"{value!r} is not a valid identifier "
+            "(letters, digits and _, not starting with a digit)"
         )
     return value
 

@@ -42,7 +42,9 @@ def subscription_path(settings: Settings, name: str) -> str:
     return f"projects/{settings.pubsub_project}/subscriptions/{name}"
 
 
-def ensure_topic(settings: Settings, topic: str, client: pubsub_v1.PublisherClient | None = None) -> bool:
+def ensure_topic(
+    settings: Settings, topic: str, client: pubsub_v1.PublisherClient | None = None
+) -> bool:
     """Create the topic if missing; returns whether it was created."""
     client = client or publisher(settings)
     try:
@@ -80,7 +82,7 @@ def publish_events(
     for future in futures:
         try:
             future.result(timeout=120)
-        except Exception as exc:  # noqa: BLE001 - collected and re-raised below
+        except Exception as exc:
             errors.append(exc)
     if errors:
         raise RuntimeError(f"{len(errors)} of {len(futures)} events failed to publish: {errors[0]}")

@@ -18,7 +18,7 @@ from .settings import Settings
 
 @dataclass
 class Runtime:
-    settings: Settings = field(default_factory=Settings)
+    settings: Settings = field(default_factory=lambda: Settings())
     config: Config | None = None
 
     def __post_init__(self) -> None:

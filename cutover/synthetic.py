@@ -11,7 +11,7 @@ import random
 import string
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Literal
 
 from stores.mapping import Row, row_from_event
 
@@ -67,7 +67,9 @@ def generate_history(
             n_versions = rng.randint(1, versions)
             for v in range(1, n_versions + 1):
                 last = v == n_versions
-                op = "delete" if last and rng.random() < delete_rate else "upsert"
+                op: Literal["upsert", "delete"] = (
+                    "delete" if last and rng.random() < delete_rate else "upsert"
+                )
                 events.append(
                     Event(
                         event_id=f"{entity.name}-{key}-v{v}",

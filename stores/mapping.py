@@ -115,7 +115,11 @@ def row_from_event(entity: Entity, event: Event) -> Row:
     if event.op == "delete":
         return Row(event.id, event.client_id, event.version, True, _empty(entity))
     return Row(
-        event.id, event.client_id, event.version, False, map_values(entity, event.data, key=event.id)
+        event.id,
+        event.client_id,
+        event.version,
+        False,
+        map_values(entity, event.data, key=event.id),
     )
 
 
@@ -168,7 +172,8 @@ FLOAT_TOLERANCE = 1e-9
 def canonical(column: Column, value: Any) -> Any:
     """A comparable form of a value: what "the same" means across the two stores.
 
-    Datetimes in UTC to the millisecond (RethinkDB keeps no finer), strings NFC-normalised, JSON with sorted keys
+    Datetimes in UTC to the millisecond (RethinkDB keeps no finer), strings
+    NFC-normalised, JSON with sorted keys
     and normalised strings; floats are compared with :func:`same_value`.
     """
     if value is None:
@@ -206,6 +211,8 @@ def differing_fields(entity: Entity, old: Row, new: Row) -> list[str]:
     """Columns whose values differ between two rows of one entity (client included)."""
     fields = [] if old.client_id == new.client_id else [entity.client]
     fields += [
-        c.name for c in entity.columns if not same_value(c, old.values.get(c.name), new.values.get(c.name))
+        c.name
+        for c in entity.columns
+        if not same_value(c, old.values.get(c.name), new.values.get(c.name))
     ]
     return fields

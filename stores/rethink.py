@@ -13,7 +13,7 @@ on a missing document does not insert), the code takes the path both accept.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import Any
 
 from rethinkdb import RethinkDB
@@ -47,7 +47,11 @@ class RethinkStore:
     ) -> None:
         self.config = config
         self._params: dict[str, Any] = {
-            "host": host, "port": port, "user": user, "password": password, "timeout": timeout_s,
+            "host": host,
+            "port": port,
+            "user": user,
+            "password": password,
+            "timeout": timeout_s,
         }
 
     @classmethod
@@ -62,7 +66,7 @@ class RethinkStore:
         )
 
     def __repr__(self) -> str:
-        return f"RethinkStore({self._params['host']}:{self._params['port']})"
+        return f"{self._params['host']}:{self._params['port']}"
 
     @contextmanager
     def connection(self) -> Iterator[Any]:
@@ -70,18 +74,14 @@ class RethinkStore:
         try:
             conn = r.connect(**self._params)
         except ReqlDriverError as exc:
-            raise RethinkUnavailable(
-                f"cannot connect to RethinkDB at {self._params['host']}:{self._params['port']}: {exc}"
-            ) from None
+            raise RethinkUnavailable(f"cannot connect to RethinkDB at {self}: {exc}") from None
         try:
             yield conn
         except ReqlDriverError as exc:
             raise RethinkUnavailable(f"RethinkDB connection failed: {exc}") from None
         finally:
-            try:
+            with suppress(ReqlError, OSError):
                 conn.close(noreply_wait=False)
-            except (ReqlError, OSError):
-                pass
 
     def table(self, entity: Entity) -> Any:
         return r.db(entity.rethinkdb_db).table(entity.rethinkdb_table)
@@ -170,7 +170,9 @@ class RethinkStore:
             return int(
                 table.between(
                     [client_id, r.minval], [client_id, r.maxval], index=entity.client_index
-                ).count().run(conn)
+                )
+                .count()
+                .run(conn)
             )
 
     def count_per_client(self, entity: Entity) -> dict[str, int]:
@@ -195,18 +197,21 @@ class RethinkStore:
         def wins(new: Any, old: Any) -> Any:
             new_deleted = new[marker].default(False).eq(True)
             old_deleted = old[marker].default(False).eq(True)
-            return (
-                new[version].gt(old[version])
-                | (new[version].eq(old[version]) & new_deleted & old_deleted.not_())
+            return new[version].gt(old[version]) | (
+                new[version].eq(old[version]) & new_deleted & old_deleted.not_()
             )
 
         with self.connection() as conn:
             inserted = table.insert(docs, conflict="error").run(conn)
-            replaced = r.expr(docs).for_each(
-                lambda d: table.get(d[entity.key]).replace(
-                    lambda old: r.branch(old.eq(None), d, r.branch(wins(d, old), d, old))
+            replaced = (
+                r.expr(docs)
+                .for_each(
+                    lambda d: table.get(d[entity.key]).replace(
+                        lambda old: r.branch(old.eq(None), d, r.branch(wins(d, old), d, old))
+                    )
                 )
-            ).run(conn)
+                .run(conn)
+            )
         applied = int(inserted.get("inserted", 0)) + int(replaced.get("replaced", 0))
         return WriteResult(applied, len(rows) - applied)
 

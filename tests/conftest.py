@@ -10,6 +10,8 @@ Pub/Sub topic names.
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,10 +29,16 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="session")
-def services_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    state = tmp_path_factory.mktemp("services")
-    yield state
-    services.down(state_dir=state)
+def services_dir() -> Iterator[Path]:
+    # Not pytest's tmp_path: that is private to root (0700), and PostgreSQL runs as
+    # its own user, which must be able to enter its data folder.
+    state = Path(tempfile.mkdtemp(prefix="cutover-test-services-"))
+    state.chmod(0o711)
+    try:
+        yield state
+    finally:
+        services.down(state_dir=state)
+        shutil.rmtree(state, ignore_errors=True)
 
 
 def _server(name: str, state: Path) -> services.ServiceInfo:
@@ -88,12 +96,31 @@ def sqlite_dsn(tmp_path: Path) -> str:
     return f"DRIVER={{SQLite3}};Database={tmp_path / 'cutover.db'}"
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+MSSQL_DSN_VAR = "CUTOVER_TEST_MSSQL_DSN"
+
+
+@pytest.fixture
+def mssql_dsn(config: Config) -> str:
+    """A real SQL Server, only when a DSN for one is given; its tables are dropped first.
+
+    Point CUTOVER_TEST_MSSQL_DSN at a dedicated, disposable database.
+    """
+    dsn = os.environ.get(MSSQL_DSN_VAR)
+    if not dsn:
+        pytest.skip(f"{MSSQL_DSN_VAR} is not set: the T-SQL runs only against a real SQL Server")
+    conn = pyodbc.connect(dsn, autocommit=True)
+    for table in [e.sql_table for e in config.entities.values()] + ["cutover_schema"]:
+        conn.execute(f"DROP TABLE IF EXISTS [{table}]")
+    conn.close()
+    return dsn
+
+
+@pytest.fixture(params=["sqlite", "postgresql", "mssql"])
 def sql_dsn(request: pytest.FixtureRequest) -> tuple[str, str]:
-    """(dialect, DSN) for each stand-in: tests using it run on both."""
-    if request.param == "sqlite":
-        return "sqlite", request.getfixturevalue("sqlite_dsn")
-    return "postgresql", request.getfixturevalue("postgres_dsn")
+    """(dialect, DSN): tests using it run on both stand-ins, and on SQL Server when given."""
+    return request.param, request.getfixturevalue(
+        f"{request.param.replace('postgresql', 'postgres')}_dsn"
+    )
 
 
 @pytest.fixture

@@ -48,7 +48,11 @@ class Dialect:
             return self.key_type(max_length or 255)
         if kind in ("string", "text", "json"):
             if self.name == "mssql":
-                return f"NVARCHAR({max_length})" if max_length and kind == "string" else "NVARCHAR(MAX)"
+                return (
+                    f"NVARCHAR({max_length})"
+                    if max_length and kind == "string"
+                    else "NVARCHAR(MAX)"
+                )
             if self.name == "postgresql":
                 return f"VARCHAR({max_length})" if max_length and kind == "string" else "TEXT"
             return "TEXT"
@@ -65,7 +69,11 @@ class Dialect:
         if kind == "datetime":
             naive = value.astimezone(UTC).replace(tzinfo=None)
             # sqliteodbc keeps only milliseconds of a bound datetime: bind ISO text.
-            return naive.isoformat(sep=" ", timespec="microseconds") if self.name == "sqlite" else naive
+            return (
+                naive.isoformat(sep=" ", timespec="microseconds")
+                if self.name == "sqlite"
+                else naive
+            )
         if kind == "bool":
             return int(value) if self.name == "sqlite" else bool(value)
         return value
@@ -138,9 +146,7 @@ class Dialect:
         """
         q = self.quote
         names = [q(c) for c, _ in columns]
-        newer = (
-            "{t}.{v} < {s}.{v} OR ({t}.{v} = {s}.{v} AND {t}.{d} < {s}.{d})"
-        )
+        newer = "{t}.{v} < {s}.{v} OR ({t}.{v} = {s}.{v} AND {t}.{d} < {s}.{d})"
         if self.name == "mssql":
             marks = "(" + ", ".join(self.placeholder(k) for _, k in columns) + ")"
             sets = ", ".join(f"t.{n} = s.{n}" for n in names if n != q(key))

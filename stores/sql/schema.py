@@ -15,6 +15,8 @@ import json
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+import pyodbc
+
 from cutover.config import SYSTEM_COLUMNS, Entity
 from cutover.events import now_utc
 
@@ -91,7 +93,8 @@ def create_table_sql(dialect: Dialect, table: Table) -> list[str]:
     statements = []
     if dialect.name == "mssql":
         statements.append(
-            f"IF OBJECT_ID(N'{table.name}', N'U') IS NULL\nCREATE TABLE {q(table.name)} (\n  {body}\n)"
+            f"IF OBJECT_ID(N'{table.name}', N'U') IS NULL\n"
+            f"CREATE TABLE {q(table.name)} (\n  {body}\n)"
         )
     else:
         statements.append(f"CREATE TABLE IF NOT EXISTS {q(table.name)} (\n  {body}\n)")
@@ -104,7 +107,9 @@ def create_table_sql(dialect: Dialect, table: Table) -> list[str]:
                 f"CREATE INDEX {q(name)} ON {q(table.name)} ({columns})"
             )
         else:
-            statements.append(f"CREATE INDEX IF NOT EXISTS {q(name)} ON {q(table.name)} ({columns})")
+            statements.append(
+                f"CREATE INDEX IF NOT EXISTS {q(name)} ON {q(table.name)} ({columns})"
+            )
     return statements
 
 
@@ -115,12 +120,12 @@ def add_column_sql(dialect: Dialect, table: Table, col: Col) -> str:
     return f"ALTER TABLE {dialect.quote(table.name)} {add} {_column_ddl(dialect, relaxed)}"
 
 
-def existing_columns(cursor, dialect: Dialect, table: Table) -> set[str]:  # type: ignore[no-untyped-def]
+def existing_columns(cursor: pyodbc.Cursor, dialect: Dialect, table: Table) -> set[str]:
     cursor.execute(f"SELECT * FROM {dialect.quote(table.name)} WHERE 1 = 0")
     return {d[0].lower() for d in cursor.description}
 
 
-def ensure_tables(cursor, dialect: Dialect, tables: Iterable[Table]) -> list[str]:  # type: ignore[no-untyped-def]
+def ensure_tables(cursor: pyodbc.Cursor, dialect: Dialect, tables: Iterable[Table]) -> list[str]:
     """Create or upgrade tables; returns what changed, for the caller to report."""
     changes: list[str] = []
     for statement in create_table_sql(dialect, SCHEMA_TABLE):
@@ -142,7 +147,7 @@ def ensure_tables(cursor, dialect: Dialect, tables: Iterable[Table]) -> list[str
     return changes
 
 
-def _recorded(cursor, dialect: Dialect, name: str) -> tuple[int, str] | None:  # type: ignore[no-untyped-def]
+def _recorded(cursor: pyodbc.Cursor, dialect: Dialect, name: str) -> tuple[int, str] | None:
     q = dialect.quote
     cursor.execute(
         f"SELECT {q('version')}, {q('fingerprint')} FROM {q('cutover_schema')} "
@@ -153,7 +158,9 @@ def _recorded(cursor, dialect: Dialect, name: str) -> tuple[int, str] | None:  #
     return (int(row[0]), row[1]) if row else None
 
 
-def _record(cursor, dialect: Dialect, table: Table, version: int, *, update: bool) -> None:  # type: ignore[no-untyped-def]
+def _record(
+    cursor: pyodbc.Cursor, dialect: Dialect, table: Table, version: int, *, update: bool
+) -> None:
     q = dialect.quote
     now = dialect.to_db("datetime", now_utc())
     v = dialect.to_db("int", version)
@@ -161,11 +168,17 @@ def _record(cursor, dialect: Dialect, table: Table, version: int, *, update: boo
         cursor.execute(
             f"UPDATE {q('cutover_schema')} SET {q('version')} = ?, {q('fingerprint')} = ?, "
             f"{q('updated_at')} = ? WHERE {q('table_name')} = ?",
-            v, table.fingerprint, now, table.name,
+            v,
+            table.fingerprint,
+            now,
+            table.name,
         )
     else:
         cursor.execute(
             f"INSERT INTO {q('cutover_schema')} ({q('table_name')}, {q('version')}, "
             f"{q('fingerprint')}, {q('updated_at')}) VALUES (?, ?, ?, ?)",
-            table.name, v, table.fingerprint, now,
+            table.name,
+            v,
+            table.fingerprint,
+            now,
         )

@@ -12,7 +12,7 @@ from __future__ import annotations
 import queue
 import threading
 from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,7 +24,7 @@ from cutover.settings import Settings, redact
 
 from ..mapping import Row
 from .dialects import Dialect, get_dialect
-from .schema import DELETED, UPDATED_AT, Table, entity_table, ensure_tables
+from .schema import DELETED, UPDATED_AT, Table, ensure_tables, entity_table
 
 
 class StoreUnavailable(RuntimeError):
@@ -96,10 +96,9 @@ class SqlStore:
             conn = pyodbc.connect(self._dsn, autocommit=False, timeout=self._login_timeout)
         except pyodbc.Error as exc:
             raise StoreUnavailable(f"cannot connect to the SQL store: {redact(str(exc))}") from None
-        try:
+        # psqlodbc has no query timeout attribute; the server's own applies there.
+        with suppress(pyodbc.Error):
             conn.timeout = self._query_timeout
-        except pyodbc.Error:
-            pass  # psqlodbc has no query timeout attribute; the server's own applies
         return conn
 
     @contextmanager
@@ -187,7 +186,11 @@ class SqlStore:
         for start in range(0, len(unique), per_statement):
             chunk = unique[start : start + per_statement]
             sql = self.dialect.upsert(
-                table.name, columns, len(chunk), key=entity.key, version=entity.version,
+                table.name,
+                columns,
+                len(chunk),
+                key=entity.key,
+                version=entity.version,
                 deleted=DELETED,
             )
             params: list[Any] = []
@@ -256,6 +259,23 @@ class SqlStore:
         include_deleted: bool = False,
     ) -> list[Row]:
         """Rows in key order after ``after`` (keyset paging), one client or all."""
+        sql, params = self.page_sql(
+            entity, client_id, after=after, limit=limit, include_deleted=include_deleted
+        )
+        with self.transaction() as cur:
+            cur.execute(sql, params)
+            return [self._row(entity, r) for r in cur.fetchall()]
+
+    def page_sql(
+        self,
+        entity: Entity,
+        client_id: str | None,
+        *,
+        after: str | None = None,
+        limit: int = 1000,
+        include_deleted: bool = False,
+    ) -> tuple[str, list[Any]]:
+        """The statement behind :meth:`page` (also checked offline as T-SQL)."""
         q = self.dialect.quote
         where, params = [], []
         if client_id is not None:
@@ -270,13 +290,15 @@ class SqlStore:
         sql = self._select(entity)
         if where:
             sql += " WHERE " + " AND ".join(where)
-        sql = self.dialect.limit(f"{sql} ORDER BY {q(entity.key)}", limit)
-        with self.transaction() as cur:
-            cur.execute(sql, params)
-            return [self._row(entity, r) for r in cur.fetchall()]
+        return self.dialect.limit(f"{sql} ORDER BY {q(entity.key)}", limit), params
 
     def scan(
-        self, entity: Entity, client_id: str | None, *, page_size: int = 1000, include_deleted: bool = True
+        self,
+        entity: Entity,
+        client_id: str | None,
+        *,
+        page_size: int = 1000,
+        include_deleted: bool = True,
     ) -> Iterator[Row]:
         """Every row in key order, paged, so memory stays flat on any table size."""
         after: str | None = None
@@ -289,7 +311,9 @@ class SqlStore:
                 return
             after = rows[-1].key
 
-    def count(self, entity: Entity, client_id: str | None = None, *, include_deleted: bool = False) -> int:
+    def count(
+        self, entity: Entity, client_id: str | None = None, *, include_deleted: bool = False
+    ) -> int:
         q = self.dialect.quote
         where, params = [], []
         if client_id is not None:
@@ -315,12 +339,8 @@ class SqlStore:
 
 
 def _close_quietly(conn: pyodbc.Connection, *, rollback: bool = False) -> None:
-    try:
-        if rollback:
+    if rollback:
+        with suppress(pyodbc.Error):
             conn.rollback()
-    except pyodbc.Error:
-        pass
-    try:
+    with suppress(pyodbc.Error):
         conn.close()
-    except pyodbc.Error:
-        pass

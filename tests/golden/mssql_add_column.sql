@@ -1,0 +1,1 @@
+ALTER TABLE [orders] ADD [status] NVARCHAR(32) NULL

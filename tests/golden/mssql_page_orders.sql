@@ -1,0 +1,1 @@
+SELECT [id], [client_id], [version], [_deleted], [_updated_at], [status], [amount], [quantity], [paid], [placed_at], [meta] FROM [orders] WHERE [client_id] = ? AND [id] > ? AND [_deleted] = ? ORDER BY [id] OFFSET 0 ROWS FETCH NEXT 500 ROWS ONLY

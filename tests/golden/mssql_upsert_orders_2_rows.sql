@@ -1,0 +1,7 @@
+MERGE INTO [orders] WITH (HOLDLOCK) AS t
+USING (VALUES (CAST(? AS NVARCHAR(900)), CAST(? AS NVARCHAR(900)), CAST(? AS BIGINT), CAST(? AS BIT), CAST(? AS DATETIME2(6)), CAST(? AS NVARCHAR(MAX)), CAST(? AS FLOAT), CAST(? AS BIGINT), CAST(? AS BIT), CAST(? AS DATETIME2(6)), CAST(? AS NVARCHAR(MAX))), (CAST(? AS NVARCHAR(900)), CAST(? AS NVARCHAR(900)), CAST(? AS BIGINT), CAST(? AS BIT), CAST(? AS DATETIME2(6)), CAST(? AS NVARCHAR(MAX)), CAST(? AS FLOAT), CAST(? AS BIGINT), CAST(? AS BIT), CAST(? AS DATETIME2(6)), CAST(? AS NVARCHAR(MAX)))) AS s ([id], [client_id], [version], [_deleted], [_updated_at], [status], [amount], [quantity], [paid], [placed_at], [meta])
+ON t.[id] = s.[id]
+WHEN MATCHED AND (t.[version] < s.[version] OR (t.[version] = s.[version] AND t.[_deleted] < s.[_deleted])) THEN
+  UPDATE SET t.[client_id] = s.[client_id], t.[version] = s.[version], t.[_deleted] = s.[_deleted], t.[_updated_at] = s.[_updated_at], t.[status] = s.[status], t.[amount] = s.[amount], t.[quantity] = s.[quantity], t.[paid] = s.[paid], t.[placed_at] = s.[placed_at], t.[meta] = s.[meta]
+WHEN NOT MATCHED BY TARGET THEN
+  INSERT ([id], [client_id], [version], [_deleted], [_updated_at], [status], [amount], [quantity], [paid], [placed_at], [meta]) VALUES (s.[id], s.[client_id], s.[version], s.[_deleted], s.[_updated_at], s.[status], s.[amount], s.[quantity], s.[paid], s.[placed_at], s.[meta]);

@@ -1,0 +1,111 @@
+"""The T-SQL that production runs, checked offline (no SQL Server exists here).
+
+Three independent checks: golden files (any change to generated T-SQL is reviewed
+as a diff: regenerate with UPDATE_GOLDEN=1), sqlfluff's T-SQL parser (syntax),
+and SQLAlchemy's mssql dialect (type names). None proves the T-SQL runs: that is
+tests/stores/test_mssql.py, which runs when CUTOVER_TEST_MSSQL_DSN names a server.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import re
+from pathlib import Path
+
+import pytest
+import sqlfluff
+from sqlalchemy import BigInteger, Boolean, Float, Unicode, UnicodeText
+from sqlalchemy.dialects import mssql
+from sqlalchemy.dialects.mssql import DATETIME2
+
+from cutover.config import ColumnType, Config
+from stores.sql import SqlStore, entity_table, get_dialect
+from stores.sql.schema import SCHEMA_TABLE, add_column_sql, create_table_sql
+
+GOLDEN = Path(__file__).parent.parent / "golden"
+TSQL = get_dialect("mssql")
+
+
+def _statements(config: Config) -> dict[str, str]:
+    orders = config.entity("orders")
+    table = entity_table(orders)
+    store = SqlStore("DRIVER={none}", "mssql", config)  # never connects: builds SQL only
+    page, _ = store.page_sql(orders, "acme", after="o-9", limit=500)
+    return {
+        "create_orders": "\nGO\n".join(create_table_sql(TSQL, table)),
+        "create_schema_table": "\nGO\n".join(create_table_sql(TSQL, SCHEMA_TABLE)),
+        "add_column": add_column_sql(TSQL, table, table.col("status")),
+        "upsert_orders_2_rows": TSQL.upsert(
+            table.name,
+            [(c.name, c.kind) for c in table.columns],
+            2,
+            key=orders.key,
+            version=orders.version,
+            deleted="_deleted",
+        ),
+        "page_orders": page,
+    }
+
+
+def _named_params(sql: str) -> str:
+    """sqlfluff does not know ODBC '?' markers; T-SQL's own are @names."""
+    n = itertools.count(1)
+    return re.sub(r"\?", lambda _: f"@p{next(n)}", sql)
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["create_orders", "create_schema_table", "add_column", "upsert_orders_2_rows", "page_orders"],
+)
+def test_generated_tsql_matches_golden_file(config: Config, name: str) -> None:
+    sql = _statements(config)[name].strip() + "\n"
+    path = GOLDEN / f"mssql_{name}.sql"
+    if os.environ.get("UPDATE_GOLDEN"):
+        path.write_text(sql, encoding="utf-8")
+    assert path.exists(), f"{path} missing: run with UPDATE_GOLDEN=1 and review it"
+    assert sql == path.read_text(encoding="utf-8")
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["create_orders", "create_schema_table", "add_column", "upsert_orders_2_rows", "page_orders"],
+)
+def test_generated_tsql_parses_as_tsql(config: Config, name: str) -> None:
+    for batch in _statements(config)[name].split("\nGO\n"):
+        sqlfluff.parse(_named_params(batch) + "\n", dialect="tsql")  # raises when unparsable
+
+
+def test_the_parser_check_can_fail() -> None:
+    with pytest.raises(sqlfluff.api.APIParsingError):
+        sqlfluff.parse("MERGE INTO [t] USING WHEN MATCHED THEN UPDATE SET\n", dialect="tsql")
+
+
+def test_upsert_respects_sql_server_parameter_and_row_limits(config: Config) -> None:
+    table = entity_table(config.entity("orders"))
+    rows = TSQL.rows_per_statement(len(table.columns))
+    assert rows * len(table.columns) <= 2100 and rows <= 1000
+    assert TSQL.rows_per_statement(1) == 1000
+
+
+@pytest.mark.parametrize(
+    ("kind", "sa_type"),
+    [
+        (ColumnType.INT, BigInteger()),
+        (ColumnType.FLOAT, Float(precision=53)),
+        (ColumnType.BOOL, Boolean()),
+        (ColumnType.DATETIME, DATETIME2(precision=6)),
+        (ColumnType.JSON, UnicodeText()),
+        (ColumnType.STRING, UnicodeText()),
+    ],
+)
+def test_column_types_agree_with_sqlalchemy_mssql(kind: ColumnType, sa_type: object) -> None:
+    dialect = mssql.dialect(deprecate_large_types=True)
+    expected = sa_type.compile(dialect=dialect).upper()  # type: ignore[attr-defined]
+    expected = expected.replace("FLOAT(53)", "FLOAT")  # FLOAT defaults to 53 bits in T-SQL
+    assert TSQL.column_type(kind) == expected
+
+
+def test_bounded_string_is_nvarchar_like_sqlalchemy() -> None:
+    dialect = mssql.dialect(deprecate_large_types=True)
+    assert TSQL.column_type(ColumnType.STRING, 32) == Unicode(32).compile(dialect=dialect)
