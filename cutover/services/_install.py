@@ -80,29 +80,50 @@ def ensure_node_packages() -> Path:
         return modules
     npm = shutil.which("npm")
     if npm is None:
-        raise ServiceError(f"npm not found on PATH (needed for {', '.join(missing())}); "
-                           f"{_SETUP_HINT}")
+        raise ServiceError(
+            f"npm not found on PATH (needed for {', '.join(missing())}); {_SETUP_HINT}"
+        )
     with _locked(prefix / ".install.lock"):
         wanted = missing()
         if not wanted:
             return modules
         log = prefix / "npm-install.log"
-        argv = [npm, "install", "--prefix", str(prefix), "--save-exact", "--no-audit",
-                "--no-fund", "--loglevel=error", *wanted]
+        argv = [
+            npm,
+            "install",
+            "--prefix",
+            str(prefix),
+            "--save-exact",
+            "--no-audit",
+            "--no-fund",
+            "--loglevel=error",
+            *wanted,
+        ]
         with open(log, "wb") as fh:
-            result = subprocess.run(argv, stdout=fh, stderr=subprocess.STDOUT, timeout=900,
-                                    check=False)
+            result = subprocess.run(
+                argv, stdout=fh, stderr=subprocess.STDOUT, timeout=900, check=False
+            )
         if result.returncode != 0 or missing():
-            raise ServiceError(f"npm install {' '.join(wanted)} failed (status "
-                               f"{result.returncode}):\n{log_tail(log)}")
+            raise ServiceError(
+                f"npm install {' '.join(wanted)} failed (status "
+                f"{result.returncode}):\n{log_tail(log)}"
+            )
     return modules
 
 
 def ensure_cloudbox() -> None:
     """Install cloudbox (``--no-deps``: it over-declares Python) and patch it for 3.11."""
     if importlib.util.find_spec("cloudbox") is None:
-        argv = [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps",
-                "--ignore-requires-python", f"cloudbox=={CLOUDBOX_VERSION}"]
+        argv = [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--no-deps",
+            "--ignore-requires-python",
+            f"cloudbox=={CLOUDBOX_VERSION}",
+        ]
         result = subprocess.run(argv, capture_output=True, text=True, check=False)
         importlib.invalidate_caches()
         if result.returncode != 0 or importlib.util.find_spec("cloudbox") is None:
@@ -142,13 +163,17 @@ def postgres_bindir() -> Path:
     initdb = shutil.which("initdb")
     if initdb is not None and shutil.which("pg_ctl") is not None:
         return Path(initdb).resolve().parent
-    raise ServiceError(f"PostgreSQL server binaries (initdb, pg_ctl) not found in "
-                       f"/usr/lib/postgresql/*/bin or on PATH; {_SETUP_HINT}")
+    raise ServiceError(
+        f"PostgreSQL server binaries (initdb, pg_ctl) not found in "
+        f"/usr/lib/postgresql/*/bin or on PATH; {_SETUP_HINT}"
+    )
 
 
 def require_odbc_driver(name: str) -> None:
     import pyodbc
 
     if name not in pyodbc.drivers():
-        raise ServiceError(f"ODBC driver {{{name}}} is not registered with unixODBC "
-                           f"(odbcinst -q -d); {_SETUP_HINT}")
+        raise ServiceError(
+            f"ODBC driver {{{name}}} is not registered with unixODBC "
+            f"(odbcinst -q -d); {_SETUP_HINT}"
+        )

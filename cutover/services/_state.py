@@ -18,7 +18,7 @@ from typing import Any
 
 from cutover.services._model import Record, ServiceInfo
 
-_PLAIN = re.compile(r"[A-Za-z0-9_.:/@*+,-]*")
+_PLAIN = re.compile(r"[A-Za-z0-9_.:/@+,-]*")
 
 
 def state_file(state_dir: Path) -> Path:

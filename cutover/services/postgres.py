@@ -29,13 +29,10 @@ _SUN_PATH_MAX = 100  # sockaddr_un.sun_path is 108 bytes; keep a margin
 
 
 def odbc_dsn(port: int, database: str = "cutover") -> str:
-    """The pyodbc connection string (psqlodbc).
-
-    ``CommLog=0;Debug=0`` override Debian's odbcinst.ini, which turns on psqlodbc's
-    communication log (a file per connection).
-    """
-    return (f"DRIVER={{{ODBC_DRIVER}}};SERVER={HOST};PORT={port};DATABASE={database};"
-            f"UID=postgres;PWD=;CommLog=0;Debug=0;")
+    """The pyodbc connection string (psqlodbc; trust auth, so an empty password)."""
+    return (
+        f"DRIVER={{{ODBC_DRIVER}}};SERVER={HOST};PORT={port};DATABASE={database};UID=postgres;PWD=;"
+    )
 
 
 def libpq_url(port: int, database: str = "cutover") -> str:
@@ -49,8 +46,10 @@ def _owner() -> pwd.struct_passwd | None:
     try:
         return pwd.getpwnam("postgres")
     except KeyError:
-        raise ServiceError("running as root but there is no 'postgres' user to run "
-                           "PostgreSQL as; run scripts/setup.sh") from None
+        raise ServiceError(
+            "running as root but there is no 'postgres' user to run "
+            "PostgreSQL as; run scripts/setup.sh"
+        ) from None
 
 
 def _as_owner(argv: Sequence[str], owner: pwd.struct_passwd | None) -> list[str]:
@@ -62,22 +61,39 @@ def _check_traversable(path: Path, owner: pwd.struct_passwd) -> None:
     groups = {g for g in os.getgrouplist(owner.pw_name, owner.pw_gid)}
     for parent in path.parents:
         st = parent.stat()
-        if (st.st_mode & stat.S_IXOTH or (st.st_uid == owner.pw_uid and st.st_mode & stat.S_IXUSR)
-                or (st.st_gid in groups and st.st_mode & stat.S_IXGRP)):
+        if (
+            st.st_mode & stat.S_IXOTH
+            or (st.st_uid == owner.pw_uid and st.st_mode & stat.S_IXUSR)
+            or (st.st_gid in groups and st.st_mode & stat.S_IXGRP)
+        ):
             continue
-        raise ServiceError(f"{NAME}: the server runs as user {owner.pw_name!r}, which cannot "
-                           f"enter {parent} (mode {stat.filemode(st.st_mode)}); use a state "
-                           f"dir under a world-enterable path or `chmod o+x {parent}`")
+        raise ServiceError(
+            f"{NAME}: the server runs as user {owner.pw_name!r}, which cannot "
+            f"enter {parent} (mode {stat.filemode(st.st_mode)}); use a state "
+            f"dir under a world-enterable path or `chmod o+x {parent}`"
+        )
 
 
-def _run(argv: Sequence[str], owner: pwd.struct_passwd | None, log: Path, cwd: Path,
-         what: str, stdin: str | None = None) -> None:
+def _run(
+    argv: Sequence[str],
+    owner: pwd.struct_passwd | None,
+    log: Path,
+    cwd: Path,
+    what: str,
+    stdin: str | None = None,
+) -> None:
     """Run a PostgreSQL tool to completion, its output appended to the server log."""
     with open(log, "ab") as fh:
-        result = subprocess.run(_as_owner(argv, owner), stdout=fh, stderr=subprocess.STDOUT,
-                                cwd=cwd, input=stdin.encode() if stdin else None,
-                                stdin=None if stdin else subprocess.DEVNULL, timeout=120,
-                                check=False)
+        result = subprocess.run(
+            _as_owner(argv, owner),
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            cwd=cwd,
+            input=stdin.encode() if stdin else None,
+            stdin=None if stdin else subprocess.DEVNULL,
+            timeout=120,
+            check=False,
+        )
     if result.returncode != 0:
         raise _proc.failure(NAME, f"{what} failed (status {result.returncode})", log)
 
@@ -89,8 +105,9 @@ def _read_pid(data: Path) -> int | None:
         return None
 
 
-def _prepare(home: Path, data: Path, log: Path, owner: pwd.struct_passwd | None,
-             bindir: Path) -> None:
+def _prepare(
+    home: Path, data: Path, log: Path, owner: pwd.struct_passwd | None, bindir: Path
+) -> None:
     """Create the cluster once; clear a lock file left by a server killed uncleanly."""
     if owner:
         _check_traversable(home, owner)
@@ -100,8 +117,24 @@ def _prepare(home: Path, data: Path, log: Path, owner: pwd.struct_passwd | None,
     if not (data / "PG_VERSION").exists():
         if data.exists():  # a half-made cluster from an interrupted initdb
             shutil.rmtree(data)
-        _run([str(bindir / "initdb"), "-D", str(data), "--auth=trust", "-U", "postgres",
-              "-E", "UTF8", "--locale=C", "--no-sync"], owner, log, home, "initdb")
+        _run(
+            [
+                str(bindir / "initdb"),
+                "-D",
+                str(data),
+                "--auth=trust",
+                "-U",
+                "postgres",
+                "-E",
+                "UTF8",
+                "--locale=C",
+                "--no-sync",
+            ],
+            owner,
+            log,
+            home,
+            "initdb",
+        )
     pid = _read_pid(data)
     if pid is not None and not _proc.is_alive(pid):
         # A zombie postmaster still "exists" for kill(pid, 0), so PostgreSQL itself
@@ -123,10 +156,28 @@ def start(ctx: Context, deps: Mapping[str, ServiceInfo]) -> Record:
     sockets = str(data) if len(f"{data}/.s.PGSQL.{port}") < _SUN_PATH_MAX else "''"
     if sockets != "''":
         sockets = shlex.quote(sockets)
-    opts = (f"-c listen_addresses={HOST} -p {port} -k {sockets} "
-            f"-c fsync={'on' if ctx.fsync else 'off'}")
-    _run([str(bindir / "pg_ctl"), "-D", str(data), "-l", str(log), "-w", "-t",
-          str(BOOT_TIMEOUT_S), "-o", opts, "start"], owner, log, home, "pg_ctl start")
+    opts = (
+        f"-c listen_addresses={HOST} -p {port} -k {sockets} -c fsync={'on' if ctx.fsync else 'off'}"
+    )
+    _run(
+        [
+            str(bindir / "pg_ctl"),
+            "-D",
+            str(data),
+            "-l",
+            str(log),
+            "-w",
+            "-t",
+            str(BOOT_TIMEOUT_S),
+            "-o",
+            opts,
+            "start",
+        ],
+        owner,
+        log,
+        home,
+        "pg_ctl start",
+    )
     pid = _read_pid(data)
     if pid is None:
         raise _proc.failure(NAME, "started but wrote no postmaster.pid", log)
@@ -135,8 +186,9 @@ def start(ctx: Context, deps: Mapping[str, ServiceInfo]) -> Record:
     info = ServiceInfo(NAME, HOST, port, pid, libpq_url(port), log, extra)
     try:
         _create_databases(bindir, port, log, home)
-        _proc.wait_until(lambda: check(info), name=NAME, timeout=30, pid=pid, ticks=ticks,
-                         log_path=log)
+        _proc.wait_until(
+            lambda: check(info), name=NAME, timeout=30, pid=pid, ticks=ticks, log_path=log
+        )
     except BaseException:
         _proc.stop_pid(pid, ticks, sig=signal.SIGINT)
         raise
@@ -146,10 +198,25 @@ def start(ctx: Context, deps: Mapping[str, ServiceInfo]) -> Record:
 def _create_databases(bindir: Path, port: int, log: Path, cwd: Path) -> None:
     """Create the project's databases if missing (psql over TCP, trust auth)."""
     names = ",".join(f"'{db}'" for db in DATABASES)
-    sql = (f"SELECT format('CREATE DATABASE %I', d) FROM unnest(ARRAY[{names}]) AS d "
-           f"WHERE NOT EXISTS (SELECT 1 FROM pg_database WHERE datname = d)\\gexec\n")
-    argv = [str(bindir / "psql"), "-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", HOST,
-            "-p", str(port), "-U", "postgres", "-d", "postgres"]
+    sql = (
+        f"SELECT format('CREATE DATABASE %I', d) FROM unnest(ARRAY[{names}]) AS d "
+        f"WHERE NOT EXISTS (SELECT 1 FROM pg_database WHERE datname = d)\\gexec\n"
+    )
+    argv = [
+        str(bindir / "psql"),
+        "-X",
+        "-q",
+        "-v",
+        "ON_ERROR_STOP=1",
+        "-h",
+        HOST,
+        "-p",
+        str(port),
+        "-U",
+        "postgres",
+        "-d",
+        "postgres",
+    ]
     _run(argv, None, log, cwd, "creating databases", stdin=sql)
 
 

@@ -28,8 +28,14 @@ def start(ctx: Context, deps: Mapping[str, ServiceInfo]) -> Record:
     ticks = _proc.start_ticks(proc.pid)
     info = ServiceInfo(NAME, HOST, port, proc.pid, f"rethinkdb://{HOST}:{port}", log)
     try:
-        _proc.wait_until(lambda: check(info), name=NAME, timeout=BOOT_TIMEOUT_S,
-                         pid=proc.pid, ticks=ticks, log_path=log)
+        _proc.wait_until(
+            lambda: check(info),
+            name=NAME,
+            timeout=BOOT_TIMEOUT_S,
+            pid=proc.pid,
+            ticks=ticks,
+            log_path=log,
+        )
     except BaseException:
         _proc.stop_pid(proc.pid, ticks)
         raise
