@@ -1,159 +1,359 @@
-"""``cutover demo``: a rehearsal of the migration on embedded defaults.
+"""``cutover demo``: a full migration rehearsal on embedded defaults.
 
-Starts the local servers it needs, creates both stores, publishes a handful of
-events, pulls them back through a subscription and writes them to both stores with
-the version rules, then shows both stores agree. Stops what it started unless
-``--keep``.
+It runs the README's runbook with the real commands, as an operator would, against
+servers it starts itself (Pub/Sub, RethinkDB; the SQL store is the embedded SQLite
+file and the flags the embedded file backend): seed the old store's history; add the
+legacy and the new subscriptions and run their workers; publish live traffic
+(duplicates, reordered versions, deletes, one poison message) while the backfill
+runs; verify; move a pilot client through shadow to new and back; summarise. It
+stops everything it started unless ``--keep``.
 """
 
 from __future__ import annotations
 
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import click
+import httpx
 from rich.console import Console
-from rich.table import Table as RichTable
 
-from stores.mapping import row_from_document, row_from_event
+from stores.mapping import Row, document_from_row, row_from_document
 
 from . import services
-from .events import Event, parse_event
-from .pubsub import (
-    ensure_topic,
-    publish_events,
-    publisher,
-    subscriber,
-    subscription_path,
-    topic_path,
-)
+from .events import Event
+from .pubsub import ensure_topic, publish_events, publisher, topic_path
 from .runtime import Runtime
 from .settings import Settings
 from .synthetic import generate_history, reference, with_faults
 
-console = Console()
+console = Console(highlight=False)
+ENTITY = "orders"
+SUBSCRIPTIONS = ("orders-rethinkdb", "orders-sqlstore")
+PILOT = "client-000"
+
+
+class DemoFailed(click.ClickException):
+    """A rehearsal step did not do what the runbook promises."""
 
 
 @dataclass
-class Phases:
-    """Times each phase so the summary can show where the time went."""
-
+class Rehearsal:
+    state_dir: Path
+    keep: bool
     timings: dict[str, float] = field(default_factory=dict)
+    facts: dict[str, Any] = field(default_factory=dict)
+    env: dict[str, str] = field(default_factory=dict)
+    children: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
-    def run(self, name: str, step: Callable[[], object]) -> object:
+    # -- plumbing ---------------------------------------------------------------------
+    @contextmanager
+    def phase(self, name: str) -> Iterator[None]:
         console.rule(f"[bold]{name}")
         started = time.monotonic()
-        result = step()
+        yield
         self.timings[name] = time.monotonic() - started
-        return result
 
-
-def _pull_all(settings: Settings, sub: str, expected: int, timeout_s: float = 60) -> list[Event]:
-    """Synchronous pull until ``expected`` messages arrived; ack each after decoding."""
-    client = subscriber(settings)
-    path = subscription_path(settings, sub)
-    got: list[Event] = []
-    deadline = time.monotonic() + timeout_s
-    while len(got) < expected and time.monotonic() < deadline:
-        response = client.pull(subscription=path, max_messages=500, timeout=10)
-        if not response.received_messages:
-            continue
-        got.extend(parse_event(m.message.data) for m in response.received_messages)
-        client.acknowledge(
-            subscription=path, ack_ids=[m.ack_id for m in response.received_messages]
+    def cutover(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        """Run one CLI command the way the runbook shows it, echoing it first."""
+        console.print(f"[dim]$ cutover {' '.join(args)}[/dim]")
+        done = subprocess.run(
+            [sys.executable, "-m", "cutover", *args],
+            env=self.env,
+            text=True,
+            capture_output=True,
+            timeout=600,
         )
-    client.close()
-    return got
+        out = (done.stdout + done.stderr).rstrip()
+        if out:
+            console.print("  " + out.replace("\n", "\n  "), markup=False)
+        if check and done.returncode != 0:
+            raise DemoFailed(f"`cutover {' '.join(args)}` exited {done.returncode}")
+        return done
 
+    def spawn(self, *args: str, log: str) -> subprocess.Popen[bytes]:
+        console.print(f"[dim]$ cutover {' '.join(args)} &   (log: {self.state_dir / log})[/dim]")
+        handle = (self.state_dir / log).open("wb")
+        child = subprocess.Popen(
+            [sys.executable, "-m", "cutover", *args],
+            env=self.env,
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+        )
+        self.children.append(child)
+        return child
 
-def rehearse(state_dir: Path, keep: bool) -> None:
-    phases = Phases()
-    infos = phases.run(
-        "Start local servers (Pub/Sub, RethinkDB)",
-        lambda: services.up(["pubsub", "rethinkdb"], state_dir=state_dir),
-    )
-    assert isinstance(infos, dict)
-    for info in infos.values():
-        console.print(f"  {info.name:10} {info.url}  (pid {info.pid})")
-    env = services.env_for(infos.values())
-    settings = Settings(
-        _env_file=None,
-        state_dir=state_dir,
-        pubsub_emulator_host=env["CUTOVER_PUBSUB_EMULATOR_HOST"],
-        rethinkdb_port=int(env["CUTOVER_RETHINKDB_PORT"]),
-    )
-    rt = Runtime(settings)
-    orders = rt.cfg.entity("orders")
-    try:
-        phases.run("Create stores", lambda: (rt.sql.ensure_schema(), rt.rethink.ensure_tables()))
-        console.print(f"  SQL store: {rt.settings.dialect} ({rt.settings.sqlite_path})")
-        history = generate_history(orders, clients=3, ids_per_client=4, versions=3, seed=1)
-        delivered = with_faults(history, duplicate_rate=0.3, seed=1)
-        sub = "demo-orders-sqlstore"
-
-        def publish() -> None:
-            client = publisher(settings)
-            ensure_topic(settings, orders.topic, client)
-            sc = subscriber(settings)
+    def stop_child(self, child: subprocess.Popen[bytes], name: str) -> None:
+        if child.poll() is None:
+            child.send_signal(signal.SIGTERM)
             try:
-                sc.create_subscription(
-                    name=subscription_path(settings, sub), topic=topic_path(settings, orders.topic)
-                )
-            except Exception as exc:
-                if "exists" not in str(exc).lower():
-                    raise
-            finally:
-                sc.close()
-            n = publish_events(settings, delivered, client=client)
-            console.print(
-                f"  published {n} events ({len(history)} changes + duplicates, reordered)"
+                child.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                child.kill()
+                child.wait()
+        console.print(f"  {name} stopped (exit {child.returncode})")
+
+    # -- the rehearsal ----------------------------------------------------------------
+    def run(self) -> None:
+        try:
+            self._run()
+        finally:
+            for child in self.children:
+                if child.poll() is None and not self.keep:
+                    self.stop_child(child, f"pid {child.pid}")
+            if not self.keep:
+                services.down(state_dir=self.state_dir)
+
+    def _run(self) -> None:
+        with self.phase("Start the local servers"):
+            if self.state_dir.exists():
+                services.down(state_dir=self.state_dir)
+                shutil.rmtree(self.state_dir)
+            self.state_dir.mkdir(parents=True)
+            infos = services.up(["pubsub", "rethinkdb"], state_dir=self.state_dir)
+            for info in infos.values():
+                console.print(f"  {info.name:10} {info.url}  (pid {info.pid})")
+            token_file = self.state_dir / "admin-token"
+            token_file.write_text(secrets.token_urlsafe(24))
+            token_file.chmod(0o600)
+            self.env = _child_env(self.state_dir, services.env_for(infos), token_file)
+            console.print("  new store: SQLite file (embedded default); flags: local file backend")
+
+        settings = Settings(_env_file=None, **_settings_from_env(self.env))
+        rt = Runtime(settings)
+        orders = rt.cfg.entity(ENTITY)
+
+        with self.phase("Seed the old store with history"):
+            history = generate_history(orders, clients=4, ids_per_client=150, versions=3, seed=11)
+            self.cutover("db", "init")
+            seeded = [r for r in reference(orders, history).values() if not r.deleted]
+            rt.rethink.insert_documents(orders, [document_from_row(orders, r) for r in seeded])
+            console.print(f"  {len(seeded)} {ENTITY} documents for 4 clients in RethinkDB")
+
+        with self.phase("Double-write: add both subscriptions, run their workers"):
+            for name in SUBSCRIPTIONS:
+                self.cutover("subs", "add", name)
+            workers = self.spawn(
+                "subs", "run", *SUBSCRIPTIONS, "--log-every", "2", log="workers.log"
             )
 
-        phases.run("Publish events", publish)
-        received = phases.run("Read them back", lambda: _pull_all(settings, sub, len(delivered)))
-        assert isinstance(received, list)
-        console.print(f"  received {len(received)} events")
+        with self.phase("Live traffic while the backfill runs"):
+            live = _live_events(orders, history)
+            delivered = with_faults(live, duplicate_rate=0.15, seed=5)
+            publishing = threading.Thread(
+                target=self._publish, args=(settings, delivered), name="publisher"
+            )
+            publishing.start()
+            self.cutover("backfill", "run", ENTITY, "--rate", "0", "--batch", "200")
+            publishing.join()
+            console.print(
+                f"  published {len(delivered)} live events ({len(live)} changes, "
+                f"{len(delivered) - len(live)} duplicates, reordered) + 1 poison message"
+            )
+            self.facts["events published"] = len(delivered) + 1
 
-        def write() -> None:
-            rows = [row_from_event(orders, e) for e in received]
-            console.print(f"  SQL store:  {rt.sql.apply(orders, rows)}")
-            console.print(f"  RethinkDB:  {rt.rethink.write(orders, rows)}")
+        with self.phase("Wait until both workers have applied everything"):
+            expected = {
+                k: r
+                for k, r in reference(orders, [*history, *live]).items()
+                if not r.deleted and (k in {s.key for s in seeded} or _touched(k, live))
+            }
+            _wait_for(lambda: _live_rows(rt, orders) == expected, what="the SQL store to catch up")
+            _wait_for(lambda: _old_rows(rt, orders) == expected, what="RethinkDB to catch up")
+            _wait_for(lambda: self._failures(rt) >= 1, what="the poison message to be logged")
+            console.print(f"  both stores hold the newest version of all {len(expected)} live rows")
+            self.stop_child(workers, "workers")
+            if workers.returncode != 0:
+                raise DemoFailed(f"the workers exited {workers.returncode}; see workers.log")
 
-        phases.run("Write both stores (version rules)", write)
+        with self.phase("Verify: both stores agree, client by client"):
+            done = self.cutover("verify", ENTITY, "--full", "--recheck-delay", "1", check=False)
+            self.facts["differences found"] = "0" if done.returncode == 0 else "see report"
+            if done.returncode != 0:
+                raise DemoFailed("verification found differences")
 
-        def compare() -> None:
-            expected = reference(orders, history)
-            sql = {r.key: r for r in rt.sql.scan(orders, None)}
-            old = {d["id"]: row_from_document(orders, d) for d in rt.rethink.scan(orders)}
-            table = RichTable("key", "client", "version", "deleted", "status", "SQL = RethinkDB")
-            for key, row in sorted(expected.items()):
-                same = sql.get(key) == row and (old.get(key) or row).rank == row.rank
-                table.add_row(
-                    key,
-                    row.client_id,
-                    str(row.version),
-                    str(row.deleted),
-                    str(row.values.get("status")),
-                    "yes" if same else "NO",
-                )
-            console.print(table)
-            if sql != expected:
-                raise click.ClickException("the SQL store does not match the reference state")
+        with self.phase(f"Cut over the pilot client {PILOT}"):
+            port = self.env["CUTOVER_API_PORT"]
+            api = self.spawn("serve", log="api.log")
+            base = f"http://127.0.0.1:{port}"
+            _wait_for(lambda: _ok(f"{base}/healthz"), what="the API to start")
+            self._show_read(base, "before")
+            for stage in ("shadow", "new"):
+                self.cutover("flags", "set", ENTITY, PILOT, stage, "--reason", "demo pilot")
+                self._wait_for_store(base, "old" if stage == "shadow" else "new")
+                self._show_read(base, f"stage {stage}")
 
-        phases.run("Compare with the reference", compare)
-    finally:
-        rt.close()
-        if not keep:
-            services.down(state_dir=state_dir)
-    console.rule("[bold]Summary")
-    for name, seconds in phases.timings.items():
-        console.print(f"  {name:40} {seconds:6.2f} s")
-    if keep:
-        console.print(
-            f"servers left running; stop them with: cutover services down --state-dir {state_dir}"
+        with self.phase("Roll back instantly"):
+            started = time.monotonic()
+            self.cutover("flags", "rollback", ENTITY, PILOT, "--reason", "demo rollback")
+            self._wait_for_store(base, "old")
+            self._show_read(base, f"rolled back in {time.monotonic() - started:.1f} s")
+            self.cutover("flags", "status", ENTITY)
+
+        self._summary(rt, base, api)
+
+    # -- steps ------------------------------------------------------------------------
+    def _publish(self, settings: Settings, events: list[Event]) -> None:
+        client = publisher(settings)
+        ensure_topic(settings, ENTITY, client)
+        for start in range(0, len(events), 100):
+            publish_events(settings, events[start : start + 100], client=client)
+            time.sleep(0.05)  # a live stream, not one burst: it overlaps the backfill
+        poison = client.publish(
+            topic_path(settings, ENTITY),
+            b"{not json",
+            ordering_key="orders:poison",
+            entity=ENTITY,
+            client_id=PILOT,
+            op="upsert",
         )
+        poison.result(timeout=60)
+
+    def _failures(self, rt: Runtime) -> int:
+        from subscribers.failures import list_failures
+
+        return len(list_failures(rt.sql, limit=1000))
+
+    def _store(self, base: str) -> str:
+        response = httpx.get(f"{base}/v1/{ENTITY}/{PILOT}/items?limit=1", timeout=5)
+        return response.headers.get("X-Cutover-Store", "?")
+
+    def _wait_for_store(self, base: str, want: str) -> None:
+        _wait_for(lambda: self._store(base) == want, what=f"reads from the {want} store")
+
+    def _show_read(self, base: str, when: str) -> None:
+        response = httpx.get(f"{base}/v1/{ENTITY}/{PILOT}/items?limit=2", timeout=5)
+        console.print(
+            f"  GET /v1/{ENTITY}/{PILOT}/items  ({when}): {response.status_code}, "
+            f"stage {response.headers.get('X-Cutover-Stage')}, "
+            f"served by the {response.headers.get('X-Cutover-Store')} store"
+        )
+
+    def _summary(self, rt: Runtime, base: str, api: subprocess.Popen[bytes]) -> None:
+        from backfill.ledger import entries
+        from subscribers import counters
+
+        ledger = entries(rt.sql, ENTITY)
+        self.facts["rows backfilled"] = sum(e.rows_copied for e in ledger)
+        self.facts["rows in the SQL store"] = rt.sql.count(rt.cfg.entity(ENTITY))
+        counts = counters.read_all(rt.sql)
+        for name in SUBSCRIPTIONS:
+            c = counts[name]
+            self.facts[f"{name}"] = (
+                f"{c.processed} received: {c.applied} applied, {c.stale} stale, {c.failed} poison"
+            )
+        self.facts["poison messages logged"] = (
+            f"{self._failures(rt)} (the one poison message, once per subscription)"
+        )
+        console.rule("[bold]Summary")
+        for name, value in self.facts.items():
+            console.print(f"  {name:28} {value}")
+        console.print()
+        for name, seconds in self.timings.items():
+            console.print(f"  {name:58} {seconds:6.1f} s")
+        console.print(
+            f"\n  console: {base}/console  (admin token in {self.state_dir / 'admin-token'})"
+        )
+        if self.keep:
+            console.print(
+                "  servers and the API keep running; stop them with "
+                f"`kill {api.pid}` and `cutover services down --state-dir {self.state_dir}`"
+            )
+
+
+def _live_events(entity: Any, history: list[Event]) -> list[Event]:
+    """Newer versions of existing ids (some deletes) and brand-new ids, as live traffic."""
+    last = reference(entity, history)
+    fresh = generate_history(entity, clients=4, ids_per_client=60, versions=3, seed=23)
+    live = []
+    for event in fresh:
+        held = last.get(event.id)
+        bump = held.version if held is not None else 0
+        live.append(
+            event.model_copy(
+                update={
+                    "version": event.version + bump,
+                    "event_id": f"live-{event.event_id}",
+                }
+            )
+        )
+    extra = generate_history(entity, clients=4, ids_per_client=20, versions=2, seed=29)
+    live += [
+        e.model_copy(update={"id": "new-" + e.id, "event_id": "new-" + e.event_id}) for e in extra
+    ]
+    return live
+
+
+def _touched(key: str, live: list[Event]) -> bool:
+    return any(e.id == key for e in live)
+
+
+def _live_rows(rt: Runtime, entity: Any) -> dict[str, Row]:
+    return {row.key: row for row in rt.sql.scan(entity, None, include_deleted=False)}
+
+
+def _old_rows(rt: Runtime, entity: Any) -> dict[str, Row]:
+    rows = (row_from_document(entity, doc) for doc in rt.rethink.scan(entity))
+    return {row.key: row for row in rows if not row.deleted}
+
+
+def _wait_for(condition: Callable[[], bool], *, what: str, timeout_s: float = 180) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if condition():
+                return
+        except Exception:  # not ready yet (server starting, store busy)
+            pass
+        time.sleep(0.3)
+    raise DemoFailed(f"timed out after {timeout_s:.0f} s waiting for {what}")
+
+
+def _ok(url: str) -> bool:
+    return httpx.get(url, timeout=2).status_code == 200
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _child_env(state_dir: Path, servers: dict[str, str], token_file: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CUTOVER_")}
+    env.update(servers)
+    env.update(
+        {
+            "CUTOVER_STATE_DIR": str(state_dir),
+            "CUTOVER_CONFIG_FILE": str(Settings(_env_file=None).config_file.resolve()),
+            "CUTOVER_PUBSUB_PROJECT": "cutover-demo",
+            "CUTOVER_API_PORT": str(_free_port()),
+            "CUTOVER_ADMIN_TOKEN": token_file.read_text(),
+            "CUTOVER_UNLEASH_REFRESH_INTERVAL_S": "0.5",
+        }
+    )
+    return env
+
+
+def _settings_from_env(env: dict[str, str]) -> dict[str, Any]:
+    fields = Settings.model_fields
+    return {
+        k.removeprefix("CUTOVER_").lower(): v
+        for k, v in env.items()
+        if k.startswith("CUTOVER_") and k.removeprefix("CUTOVER_").lower() in fields
+    }
 
 
 @click.command("demo")
@@ -162,9 +362,14 @@ def rehearse(state_dir: Path, keep: bool) -> None:
     type=click.Path(path_type=Path),
     default=Path(".cutover/demo"),
     show_default=True,
-    help="Where the demo keeps its servers and stores.",
+    help="Where the demo keeps its servers and stores (wiped first).",
 )
-@click.option("--keep", is_flag=True, help="Leave the servers running at the end.")
+@click.option("--keep", is_flag=True, help="Leave the servers and the API running at the end.")
 def demo(state_dir: Path, keep: bool) -> None:
-    """Rehearse the migration end to end on embedded defaults (starts its own servers)."""
-    rehearse(state_dir, keep)
+    """Rehearse a whole migration on embedded defaults, with the real commands.
+
+    Starts its own Pub/Sub and RethinkDB servers; the new store is a SQLite file and
+    the flags a local file (set CUTOVER_* for anything else). Ends with exit 0 when
+    every step did what the runbook promises.
+    """
+    Rehearsal(state_dir.resolve(), keep).run()

@@ -59,7 +59,9 @@ class Settings(BaseSettings):
     unleash_backend_token: SecretStr | None = None
     unleash_environment: str = "development"
     unleash_project: str = "default"
-    unleash_refresh_interval_s: int = 1
+    unleash_refresh_interval_s: float = Field(
+        0.5, gt=0, description="How often each process fetches flags; bounds stage propagation."
+    )
     unleash_request_timeout_s: float = 3.0
 
     # The service.
@@ -69,6 +71,34 @@ class Settings(BaseSettings):
 
     # Cutover gate: how old a clean verification may be before `flags set ... new`.
     gate_max_verification_age_s: int = 24 * 3600
+
+    # Reads and shadow comparison (the read service).
+    shadow_sample_rate: float = Field(
+        1.0,
+        ge=0.0,
+        le=1.0,
+        description="Share of `shadow` reads compared against the SQL store in the background.",
+    )
+    new_compare_sample_rate: float = Field(
+        0.0,
+        ge=0.0,
+        le=1.0,
+        description="Share of `new` reads compared against RethinkDB (0 = off).",
+    )
+    shadow_max_concurrency: int = Field(
+        2, ge=1, le=64, description="Comparison threads per process."
+    )
+    shadow_queue_size: int = Field(
+        256, ge=1, description="Comparisons waiting for a thread; beyond it they are dropped."
+    )
+    shadow_recheck_delay_s: float = Field(
+        0.5,
+        ge=0.0,
+        le=30.0,
+        description="A difference is re-read after this delay and recorded only if it persists.",
+    )
+    read_default_limit: int = Field(100, ge=1, description="Items per page when none is asked.")
+    read_max_limit: int = Field(1000, ge=1, description="Largest page a caller may ask for.")
 
     @cached_property
     def dialect(self) -> Dialect:

@@ -54,7 +54,7 @@ if [[ ! -x .venv/bin/python ]]; then
 fi
 
 # --- System packages (only the missing ones) --------------------------------------
-packages=(unixodbc unixodbc-dev tdsodbc odbc-postgresql libsqliteodbc postgresql)
+packages=(unixodbc unixodbc-dev tdsodbc odbc-postgresql libsqliteodbc postgresql chromium)
 # node/npm often come from elsewhere (nodesource, a tarball): keep whatever works.
 if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
   packages+=(nodejs npm)

@@ -32,14 +32,26 @@ class StoreUnavailable(RuntimeError):
 
 
 #: SQLSTATE classes that mean "try again": connection trouble, timeouts, deadlocks.
-_TRANSIENT_STATES = ("08", "HYT00", "HYT01", "40001", "40P01", "57P01", "57P03", "HY000")
+_TRANSIENT_STATES = ("08", "HYT00", "HYT01", "40001", "40P01", "57P01", "57P03")
+#: HY000 is "general error": SQLite's driver reports everything so, and psqlodbc a lost
+#: connection. Only these words make one transient (retry), not "no such table".
+_TRANSIENT_WORDS = (
+    "locked", "busy", "connection", "server closed", "could not send", "could not receive",
+    "timeout", "timed out", "deadlock", "terminating",
+)
 
 
 def is_transient(exc: BaseException) -> bool:
+    """Whether retrying later may succeed (as opposed to a bug or bad data)."""
     if isinstance(exc, pyodbc.OperationalError | pyodbc.InterfaceError):
         return True
-    state = str(exc.args[0]) if isinstance(exc, pyodbc.Error) and exc.args else ""
-    return state.startswith(_TRANSIENT_STATES)
+    if not isinstance(exc, pyodbc.Error) or not exc.args:
+        return False
+    state = str(exc.args[0])
+    if state.startswith(_TRANSIENT_STATES):
+        return True
+    message = " ".join(str(a) for a in exc.args[1:]).lower()
+    return state == "HY000" and any(word in message for word in _TRANSIENT_WORDS)
 
 
 @dataclass(frozen=True)
@@ -79,7 +91,11 @@ class SqlStore:
         self.config = config
         self._login_timeout = login_timeout_s
         self._query_timeout = query_timeout_s
-        self._pool: queue.LifoQueue[pyodbc.Connection] = queue.LifoQueue(maxsize=pool_size)
+        # (connection, cursor) pairs: reusing the cursor keeps pyodbc's prepared statement,
+        # which for a many-parameter upsert saves a large share of each batch's cost.
+        self._pool: queue.LifoQueue[tuple[pyodbc.Connection, pyodbc.Cursor]] = queue.LifoQueue(
+            maxsize=pool_size
+        )
         self._lock = threading.Lock()
         self._tables = {name: entity_table(e) for name, e in config.entities.items()}
 
@@ -92,8 +108,10 @@ class SqlStore:
 
     # -- connections ------------------------------------------------------------------
     def _connect(self) -> pyodbc.Connection:
+        # SQLite: autocommit at the driver, transactions begun explicitly (see below).
+        manual = self.dialect.name == "sqlite"
         try:
-            conn = pyodbc.connect(self._dsn, autocommit=False, timeout=self._login_timeout)
+            conn = pyodbc.connect(self._dsn, autocommit=manual, timeout=self._login_timeout)
         except pyodbc.Error as exc:
             raise StoreUnavailable(f"cannot connect to the SQL store: {redact(str(exc))}") from None
         # psqlodbc has no query timeout attribute; the server's own applies there.
@@ -107,17 +125,26 @@ class SqlStore:
 
         Transient database errors surface as :class:`StoreUnavailable` so callers can
         retry; the broken connection is discarded rather than returned to the pool.
+
+        On SQLite the transaction starts with ``BEGIN IMMEDIATE``: the write lock is
+        taken up front, so two processes that read then write queue up instead of
+        deadlocking on the lock upgrade (which SQLite resolves only by timing out).
         """
         try:
-            pooled: pyodbc.Connection | None = self._pool.get_nowait()
+            conn, cursor = self._pool.get_nowait()
         except queue.Empty:
-            pooled = None
-        conn = pooled or self._connect()
-        healthy = True
-        try:
+            conn = self._connect()
             cursor = conn.cursor()
+        healthy = True
+        explicit = self.dialect.name == "sqlite"
+        try:
+            if explicit:
+                cursor.execute("BEGIN IMMEDIATE")
             yield cursor
-            conn.commit()
+            if explicit:
+                cursor.execute("COMMIT")
+            else:
+                conn.commit()
         except pyodbc.Error as exc:
             healthy = False
             _close_quietly(conn, rollback=True)
@@ -126,7 +153,10 @@ class SqlStore:
             raise
         except BaseException:
             try:
-                conn.rollback()
+                if explicit:
+                    cursor.execute("ROLLBACK")
+                else:
+                    conn.rollback()
             except pyodbc.Error:
                 healthy = False
                 _close_quietly(conn)
@@ -134,14 +164,14 @@ class SqlStore:
         finally:
             if healthy:
                 try:
-                    self._pool.put_nowait(conn)
+                    self._pool.put_nowait((conn, cursor))
                 except queue.Full:
                     _close_quietly(conn)
 
     def close(self) -> None:
         while True:
             try:
-                _close_quietly(self._pool.get_nowait())
+                _close_quietly(self._pool.get_nowait()[0])
             except queue.Empty:
                 return
 
@@ -174,10 +204,11 @@ class SqlStore:
             return self._apply(cur, entity, rows)
 
     def _apply(self, cur: pyodbc.Cursor, entity: Entity, rows: Sequence[Row]) -> WriteResult:
-        unique = newest(rows)
-        duplicates = len(rows) - len(unique)
+        # Key order: every writer locks rows in the same order, so a backfill batch and
+        # a subscription batch touching the same keys cannot deadlock each other.
+        unique = sorted(newest(rows), key=lambda row: row.key)
         if not unique:
-            return WriteResult(0, duplicates)
+            return WriteResult(0, len(rows))
         table = self.table(entity)
         columns = [(c.name, c.kind) for c in table.columns]
         per_statement = self.dialect.rows_per_statement(len(columns))
@@ -341,6 +372,6 @@ class SqlStore:
 def _close_quietly(conn: pyodbc.Connection, *, rollback: bool = False) -> None:
     if rollback:
         with suppress(pyodbc.Error):
-            conn.rollback()
+            conn.rollback()  # a no-op on an autocommit (SQLite) connection: close ends it
     with suppress(pyodbc.Error):
         conn.close()

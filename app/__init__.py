@@ -1,0 +1,1 @@
+"""The read service: per-client reads from RethinkDB or the SQL store by read stage."""

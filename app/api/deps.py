@@ -1,0 +1,37 @@
+"""What route handlers receive: the shared runtime pieces ``create_app`` put on the app.
+
+Like the template's ``deps.py``: handlers declare ``Annotated`` parameters and never
+build stores or clients themselves, so tests and the benchmark swap them in one place.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from app.reads import ReadModel
+from app.shadow import ShadowComparer
+from cutover.runtime import Runtime
+from flags.evaluator import StageSource
+from cutover.settings import Settings
+
+
+@dataclass
+class Services:
+    """Everything a request may use; one instance per app (per process)."""
+
+    runtime: Runtime
+    stages: StageSource
+    reads: ReadModel
+    shadow: ShadowComparer
+    options: Settings
+
+
+def get_services(request: Request) -> Services:
+    services: Services = request.app.state.services
+    return services
+
+
+ServicesDep = Annotated[Services, Depends(get_services)]

@@ -1,0 +1,1 @@
+"""Routers, one module per resource; ``app.main.ROUTERS`` lists what is mounted."""

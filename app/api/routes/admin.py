@@ -1,0 +1,320 @@
+"""The admin API (``/admin/...``, bearer token) and ``/healthz``.
+
+Everything under ``/admin`` needs ``Authorization: Bearer <CUTOVER_ADMIN_TOKEN>``
+(:mod:`app.admin.auth`); with no token configured it is off (503). Handlers are thin:
+they call :mod:`app.admin`, which reads each area's records and performs actions
+through each area's own functions (stage changes through ``FlagService`` and its
+gate, pause/resume through ``backfill.control``, replays through the subscribers
+area). Refusals come back as JSON ``{"error", "reason"}``: 409 when the gate refuses,
+404 for an unknown entity or subscription, 502 when the flag backend fails, 503 when
+a store is down (the app's handlers). ``/healthz`` needs no token and never fails.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Depends, HTTPException, Query, Response
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+
+from app.admin import audit, backfill, overview, shadow, stages, subscriptions, verification
+from app.admin.auth import AdminDep, require_admin
+from app.admin.health import check_dependencies
+from app.api.deps import ServicesDep
+from cutover.config import ConfigError
+from cutover.runtime import Runtime
+from cutover.settings import redact
+from flags.gate import GateRefused
+from flags.stages import ClientIdError, FlagError
+
+
+def _no_store(response: Response) -> None:
+    """Admin answers describe live state and must never be cached by a proxy."""
+    response.headers["Cache-Control"] = "no-store"
+
+
+admin = APIRouter(
+    prefix="/admin",
+    tags=["admin"],
+    dependencies=[Depends(require_admin), Depends(_no_store)],
+    responses={
+        401: {"description": "missing or invalid bearer token"},
+        503: {"description": "admin API disabled (no token configured) or a store down"},
+    },
+)
+
+
+def _fail(status: int, error: str, reason: str) -> HTTPException:
+    return HTTPException(status, detail={"error": error, "reason": redact(reason)})
+
+
+@contextmanager
+def _answers() -> Iterator[None]:
+    """Known refusals of the areas, as JSON errors with their reason."""
+    try:
+        yield
+    except ConfigError as exc:
+        raise _fail(404, "UnknownName", str(exc)) from None
+    except GateRefused as exc:
+        raise _fail(409, "GateRefused", str(exc)) from None
+    except ClientIdError as exc:
+        raise _fail(422, "InvalidClientId", str(exc)) from None
+    except FlagError as exc:
+        raise _fail(502, "FlagBackendError", str(exc)) from None
+    except LookupError as exc:
+        raise _fail(404, "NotFound", str(exc.args[0] if exc.args else exc)) from None
+
+
+def _rt(services: ServicesDep) -> Runtime:
+    return services.runtime
+
+
+RuntimeDep = Annotated[Runtime, Depends(_rt)]
+
+
+def _actor(name: str | None, address: str) -> str:
+    """Who acted, for the audit: the name the operator gave (or ``admin-api``) and from where."""
+    return f"{(name or 'admin-api').strip()[:80]}@{address} (admin API)"
+
+
+class Action(BaseModel):
+    reason: str | None = Field(None, max_length=500, description="Why; kept in the audit.")
+    actor: str | None = Field(None, max_length=80, description="Who (default: admin-api).")
+
+
+class StageChange(Action):
+    client: str = Field(..., min_length=1, max_length=255, description="Exact client id.")
+    stage: Literal["old", "shadow", "new"]
+
+
+class Rollback(Action):
+    client: str = Field(..., min_length=1, max_length=255, description="Exact client id.")
+
+
+class Kill(Action):
+    confirm: str = Field(..., description="The entity's name again, to confirm.")
+
+
+class Replay(Action):
+    ids: list[str] | None = Field(
+        None, max_length=10_000, description="Message ids to replay (default: every open one)."
+    )
+
+
+# -- overview ---------------------------------------------------------------------------
+@admin.get("/overview")
+def get_overview(rt: RuntimeDep, audit_limit: int = Query(50, ge=1, le=1000)) -> dict[str, Any]:
+    """Everything the console shows: per entity every client's stage, backfill state,
+    latest verification and shadow mismatches; backfill progress; subscription health;
+    the audit log. Parts that cannot be read are named in ``errors``."""
+    return overview.overview(rt, audit_limit=audit_limit)
+
+
+@admin.get("/entities/{entity}")
+def get_entity(entity: str, rt: RuntimeDep) -> dict[str, Any]:
+    with _answers():
+        name = rt.cfg.entity(entity).name
+        return overview.entity_overview(rt, name)
+
+
+# -- flags ------------------------------------------------------------------------------
+@admin.get("/flags")
+def get_all_stages(rt: RuntimeDep) -> list[dict[str, Any]]:
+    """Every entity's clients and their read stage (old, shadow, new)."""
+    with _answers():
+        return [stages.stages(rt, name) for name in rt.cfg.entities]
+
+
+@admin.get("/flags/{entity}")
+def get_stages(entity: str, rt: RuntimeDep) -> dict[str, Any]:
+    with _answers():
+        return stages.stages(rt, entity)
+
+
+@admin.post("/flags/{entity}/stage")
+def post_stage(entity: str, body: StageChange, rt: RuntimeDep, who: AdminDep) -> dict[str, Any]:
+    """Move one client to a stage. ``new`` passes only the cutover gate (409 with the
+    reason otherwise); the gate cannot be overridden here (CLI ``--force`` only)."""
+    with _answers():
+        return stages.set_stage(
+            rt, entity, body.client, body.stage, actor=_actor(body.actor, who), reason=body.reason
+        )
+
+
+@admin.post("/flags/{entity}/rollback")
+def post_rollback(entity: str, body: Rollback, rt: RuntimeDep, who: AdminDep) -> dict[str, Any]:
+    """Send one client's reads back to RethinkDB now (no gate, no store needed)."""
+    with _answers():
+        return stages.rollback(
+            rt,
+            entity,
+            body.client,
+            actor=_actor(body.actor, who),
+            reason=body.reason or "rollback from the admin API",
+        )
+
+
+@admin.post("/flags/{entity}/kill")
+def post_kill(entity: str, body: Kill, rt: RuntimeDep, who: AdminDep) -> dict[str, Any]:
+    """Kill switch: every client of the entity back to ``old``. ``confirm`` must repeat
+    the entity's name (422 otherwise), so a stray request cannot trigger it."""
+    with _answers():
+        name = rt.cfg.entity(entity).name
+        if body.confirm != name:
+            raise _fail(422, "NotConfirmed", f"kill switch not applied: 'confirm' must be {name!r}")
+        return stages.kill(
+            rt,
+            name,
+            actor=_actor(body.actor, who),
+            reason=body.reason or "kill switch from the admin API",
+        )
+
+
+# -- backfill ---------------------------------------------------------------------------
+@admin.get("/backfill")
+def get_backfills(rt: RuntimeDep) -> list[dict[str, Any]]:
+    """Every entity's backfill: paused or not, runs with progress, rate (rows/s), ETA (s)."""
+    return backfill.all_backfills(rt)
+
+
+@admin.get("/backfill/{entity}")
+def get_backfill(entity: str, rt: RuntimeDep) -> dict[str, Any]:
+    with _answers():
+        return backfill.entity_backfill(rt, entity)
+
+
+@admin.get("/backfill/{entity}/runs/{run_id}")
+def get_run(entity: str, run_id: str, rt: RuntimeDep) -> dict[str, Any]:
+    """One run with each partition's checkpoint and lease."""
+    with _answers():
+        rt.cfg.entity(entity)
+        found = backfill.find_run(rt, run_id)
+        if found is None or found["entity"] != entity:
+            raise LookupError(f"no backfill run {run_id!r} for {entity}")
+        return found
+
+
+@admin.post("/backfill/{entity}/pause")
+def post_pause(entity: str, body: Action, rt: RuntimeDep, who: AdminDep) -> dict[str, Any]:
+    """Pause the entity's backfill on every worker (within one batch); leases are kept."""
+    with _answers():
+        reason = body.reason or "paused from the admin API"
+        return backfill.set_paused(rt, entity, True, f"{reason} ({_actor(body.actor, who)})")
+
+
+@admin.post("/backfill/{entity}/resume")
+def post_resume(entity: str, body: Action, rt: RuntimeDep, who: AdminDep) -> dict[str, Any]:
+    with _answers():
+        return backfill.set_paused(rt, entity, False)
+
+
+# -- verification -----------------------------------------------------------------------
+@admin.get("/verification")
+def get_verifications(rt: RuntimeDep) -> dict[str, list[dict[str, Any]]]:
+    """The latest verification of every client, per entity (clean, or how many differences)."""
+    return {name: verification.latest(rt, name) for name in rt.cfg.entities}
+
+
+@admin.get("/verification/{entity}")
+def get_verification(entity: str, rt: RuntimeDep) -> list[dict[str, Any]]:
+    with _answers():
+        return verification.latest(rt, entity)
+
+
+@admin.get("/verification/{entity}/{client}")
+def get_verification_history(
+    entity: str, client: str, rt: RuntimeDep, limit: int = Query(50, ge=1, le=1000)
+) -> list[dict[str, Any]]:
+    """One client's verifications, newest first, with the differences by kind."""
+    with _answers():
+        return verification.history(rt, entity, client, limit)
+
+
+# -- shadow reads -----------------------------------------------------------------------
+@admin.get("/shadow/{entity}")
+def get_shadow(
+    entity: str,
+    rt: RuntimeDep,
+    client: str | None = None,
+    limit: int = Query(50, ge=1, le=1000),
+) -> dict[str, Any]:
+    """Recorded shadow mismatches (newest first), per-client counts and the rate."""
+    with _answers():
+        name = rt.cfg.entity(entity).name
+        return {
+            "entity": name,
+            "rate": shadow.entity_rate(name),
+            "per_client": shadow.mismatch_counts(rt, name),
+            "recent": shadow.recent(rt, name, client, limit),
+        }
+
+
+# -- subscriptions ----------------------------------------------------------------------
+@admin.get("/subscriptions")
+def get_subscriptions(rt: RuntimeDep) -> dict[str, Any]:
+    """Each subscription's status, applied/failed counts, lag and failure-log size."""
+    with _answers():
+        return subscriptions.health(rt)
+
+
+@admin.get("/subscriptions/{name}/failures")
+def get_failures(
+    name: str,
+    rt: RuntimeDep,
+    limit: int = Query(100, ge=1, le=1000),
+    status: Literal["open", "replayed", "all"] = "open",
+) -> dict[str, Any]:
+    """The failure log of one subscription, newest first (bodies cut at 500 characters)."""
+    with _answers():
+        return subscriptions.failures_of(rt, name, status=status, limit=limit)
+
+
+@admin.get("/subscriptions/{name}/failures/{failure_id}")
+def get_failure(name: str, failure_id: str, rt: RuntimeDep) -> dict[str, Any]:
+    """One failure in full: raw body, attributes, error, attempts, first and last seen."""
+    with _answers():
+        return subscriptions.failure(rt, name, failure_id)
+
+
+@admin.post("/subscriptions/{name}/replay")
+def post_replay(name: str, body: Replay, rt: RuntimeDep, who: AdminDep) -> dict[str, Any]:
+    """Replay logged failures (the given ids, or all) through the subscription's sink."""
+    with _answers():
+        return subscriptions.replay(rt, name, body.ids, actor=_actor(body.actor, who))
+
+
+# -- audit ------------------------------------------------------------------------------
+@admin.get("/audit")
+def get_audit(
+    rt: RuntimeDep, entity: str | None = None, limit: int = Query(100, ge=1, le=5000)
+) -> list[dict[str, Any]]:
+    """Every area's audit records, newest first (stage changes, replays, ...)."""
+    with _answers():
+        return audit.entries(rt, entity=entity, limit=limit)
+
+
+# -- ops (no token) ---------------------------------------------------------------------
+ops = APIRouter(tags=["ops"])
+
+
+@ops.get("/healthz")
+def dependency_health(services: ServicesDep, strict: bool = False) -> JSONResponse:
+    """Each dependency (Pub/Sub, SQL store, RethinkDB, Unleash) with its state.
+
+    Always 200 (a status page that never fails), unless ``?strict=true``: then 503
+    when any dependency is down, for load balancers. Checks run in parallel with ~2 s
+    timeouts; no secrets in the answer.
+    """
+    rt = services.runtime
+    report = check_dependencies(rt.settings, rt.cfg)
+    status = 503 if strict and report["status"] != "ok" else 200
+    return JSONResponse(report, status, headers={"Cache-Control": "no-store"})
+
+
+#: What ``app.main`` mounts: ``/admin/...`` and ``/healthz``.
+router = APIRouter()
+router.include_router(admin)
+router.include_router(ops)

@@ -1,0 +1,28 @@
+"""Pause and resume a running backfill from anywhere that reaches the SQL store.
+
+The flag is one row per entity in ``backfill_control``; every worker reads it once per
+batch, so ``cutover backfill pause`` takes effect within one batch on every machine,
+and ``resume`` lets paused workers go on without restarting them.
+"""
+
+from __future__ import annotations
+
+from cutover.events import now_utc
+from stores.sql import SqlStore
+
+from . import _db
+from .tables import CONTROL
+
+
+def set_paused(sql: SqlStore, entity: str, paused: bool, reason: str = "") -> None:
+    now = now_utc()
+    values = {"paused": paused, "reason": reason or None, "updated_at": now}
+    with sql.transaction() as cur:
+        if not _db.update(cur, sql.dialect, CONTROL, values, {"entity": entity}):
+            _db.insert(cur, sql.dialect, CONTROL, {"entity": entity, **values})
+
+
+def is_paused(sql: SqlStore, entity: str) -> bool:
+    with sql.transaction() as cur:
+        recs = _db.select(cur, sql.dialect, CONTROL, {"entity": entity})
+    return bool(recs and recs[0]["paused"])

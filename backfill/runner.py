@@ -1,0 +1,468 @@
+"""The backfill loop: copy old documents into the SQL store, batch by batch.
+
+Per batch: read a page from the partition's position -> map each document with
+``row_from_document`` (a document that cannot be mapped is counted and recorded with
+its key, never dropped silently) -> in ONE transaction: ``SqlStore.apply`` (the shared
+version-guarded write path, so a backfilled row never overwrites a newer
+double-written version and never resurrects a tombstone), the bad-document records,
+the ledger counts and the checkpoint (which also renews the partition's lease) ->
+throttle -> read the pause flag. A crash loses at most the batch in flight, which is
+then copied again; copying a row twice changes nothing because of the version rules.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import pyodbc
+
+from cutover.config import Entity
+from cutover.events import now_utc
+from stores.mapping import MappingError, Row, row_from_document
+from stores.rethink import RethinkUnavailable
+from stores.sql import SqlStore, StoreUnavailable, WriteResult
+
+from . import _db, control, ledger
+from .partitions import (
+    DONE,
+    LeaseLost,
+    Leases,
+    Partition,
+    Run,
+    ensure_run,
+    finish_run_if_complete,
+    get_run,
+    new_owner,
+    partitions_of,
+    run_id_for,
+)
+from .progress import Progress
+from .sources import Batch, Reader, Source, SourceError
+from .tables import BAD_DOCS
+
+T = TypeVar("T")
+
+#: Rows per second read from the old store by default: modest next to live traffic.
+DEFAULT_RATE = 2000.0
+
+
+@dataclass(frozen=True)
+class Options:
+    batch: int = 1000
+    rate: float = DEFAULT_RATE  # rows/s per process; 0 = unthrottled
+    workers: int = 1
+    clients: tuple[str, ...] | None = None
+    active_first: bool = False
+    priority: tuple[str, ...] = ()  # clients to copy first, in this order
+    restart: bool = False
+    lease_ttl_s: float = 60.0
+    poll_s: float = 1.0  # pause polling and waiting for partitions leased elsewhere
+    max_retries: int = 10
+    retry_base_s: float = 0.5
+    wait_for_others: bool = True  # stay until the run completes, to take over dead leases
+
+
+@dataclass(frozen=True)
+class BadDoc:
+    """A source document that could not be mapped, and why."""
+
+    ref: str
+    key: str | None
+    client: str | None
+    error: str
+
+
+@dataclass
+class Summary:
+    run_id: str
+    entity: str
+    source: dict[str, Any]
+    dry_run: bool = False
+    partitions: int = 0
+    partitions_done: int = 0
+    read: int = 0  # documents read from the old store (whole run)
+    applied: int = 0  # rows that changed the SQL store
+    stale: int = 0  # rows the SQL store already had at the same or a newer version
+    bad: list[BadDoc] = field(default_factory=list)
+    session_rows: int = 0
+    seconds: float = 0.0
+    complete: bool = False
+    stopped: bool = False
+    already_complete: bool = False
+
+    def lines(self) -> list[str]:
+        mode = " (dry run: nothing written)" if self.dry_run else ""
+        rate = self.session_rows / self.seconds if self.seconds > 0 else 0.0
+        state = (
+            "complete" if self.complete
+            else "stopped; run the same command again to resume" if self.stopped
+            else "incomplete"
+        )
+        out = [
+            f"backfill {self.entity}{mode}: {state}",
+            f"  run {self.run_id}, source {json.dumps(self.source)}",
+            f"  partitions {self.partitions_done}/{self.partitions} done",
+            f"  documents read {self.read:,}; rows applied {self.applied:,}; "
+            f"already newer in SQL {self.stale:,}; bad documents {len(self.bad):,}",
+            f"  this session: {self.session_rows:,} documents in {self.seconds:,.1f} s "
+            f"({rate:,.0f}/s)",
+        ]
+        if self.already_complete:
+            out.insert(1, "  this run had already completed; use --restart to copy again")
+        if self.bad:
+            out.append("  bad documents (not copied; fix them in the old store and re-run):")
+            out += [f"    {b.ref}: {b.error}" for b in self.bad]
+        return out
+
+
+class Throttle:
+    """Paces reads to ``rate`` documents per second over the process (all workers)."""
+
+    def __init__(self, rate: float, stop: threading.Event) -> None:
+        self.rate, self.stop = rate, stop
+        self._next = time.monotonic()
+        self._lock = threading.Lock()
+
+    def wait(self, n: int) -> None:
+        if self.rate <= 0 or n <= 0:
+            return
+        with self._lock:
+            now = time.monotonic()
+            self._next = max(self._next, now) + n / self.rate
+            delay = self._next - now - n / self.rate  # this batch's share is already spent
+        if delay > 0:
+            self.stop.wait(delay)
+
+
+def _ref(key: Any, where: str) -> str:
+    if isinstance(key, str) and key:
+        text = f"key:{key}"
+    elif key is not None:
+        text = f"key:{json.dumps(key)}"
+    else:
+        text = f"at:{where}"
+    if len(text) > 300:
+        text = text[:280] + "#" + hashlib.sha256(text.encode()).hexdigest()[:16]
+    return text
+
+
+def map_documents(
+    entity: Entity, docs: Sequence[Any], locate: Callable[[int], str]
+) -> tuple[list[Row], list[BadDoc], dict[str, int], str | None]:
+    """Rows for the mappable documents; every other document becomes a :class:`BadDoc`."""
+    rows: list[Row] = []
+    bad: list[BadDoc] = []
+    counts: dict[str, int] = {}
+    for i, doc in enumerate(docs):
+        if not isinstance(doc, dict):
+            bad.append(BadDoc(_ref(None, locate(i)), None, None,
+                              f"not a JSON object ({type(doc).__name__}) at {locate(i)}"))
+            continue
+        try:
+            row = row_from_document(entity, doc)
+        except MappingError as exc:
+            key = doc.get(entity.key)
+            client = doc.get(entity.client)
+            bad.append(BadDoc(
+                _ref(key, locate(i)),
+                key if isinstance(key, str) else (json.dumps(key) if key is not None else None),
+                client if isinstance(client, str) else None,
+                f"{exc}" + ("" if key is not None else f" (at {locate(i)})"),
+            ))
+            continue
+        rows.append(row)
+        counts[row.client_id] = counts.get(row.client_id, 0) + 1
+    last = next((d.get(entity.key) for d in reversed(docs) if isinstance(d, dict)), None)
+    return rows, bad, counts, (last if isinstance(last, str) or last is None else json.dumps(last))
+
+
+class Backfill:
+    """Copies one entity from a source into the SQL store, resumable and throttled."""
+
+    def __init__(
+        self,
+        sql: SqlStore,
+        source: Source,
+        entity: Entity,
+        options: Options | None = None,
+        *,
+        progress: Callable[[str, int | None, int], Progress] | None = None,
+        on_batch: Callable[[Partition, Batch], None] | None = None,
+        emit: Callable[[str], None] | None = None,
+    ) -> None:
+        self.sql, self.source, self.entity = sql, source, entity
+        self.opt = options or Options()
+        self._progress_factory = progress or Progress
+        self.on_batch = on_batch
+        self.emit = emit or (lambda line: None)
+        self._stop = threading.Event()
+        self.throttle = Throttle(self.opt.rate, self._stop)
+        self.run_id = run_id_for(entity.name, source.identity(entity), self.opt.clients)
+        self._errors: list[BaseException] = []
+        self._session = 0
+        self._lock = threading.Lock()
+        self.progress: Progress | None = None
+
+    def stop(self) -> None:
+        """Finish the current batches, give the leases back and return (Ctrl-C)."""
+        self._stop.set()
+
+    # -- the run ------------------------------------------------------------------------
+    def run(self) -> Summary:
+        self._retry(lambda: ledger.ensure_tables(self.sql))
+        run, _ = self._retry(lambda: ensure_run(
+            self.sql, self.run_id, self.entity.name, self.source.describe(), self.opt.clients,
+            lambda: self.source.plan(
+                self.entity, self.opt.clients, workers=self.opt.workers,
+                active_first=self.opt.active_first, priority=self.opt.priority,
+            ),
+            restart=self.opt.restart,
+        ))
+        started = time.monotonic()
+        if run.status == DONE:
+            summary = self._summary(run, started)
+            summary.already_complete = True
+            return summary
+        parts = partitions_of(self.sql, self.run_id)
+        total = sum(max(p.est_rows, p.rows_read) for p in parts)
+        done = sum(p.rows_read for p in parts)
+        self.progress = self._progress_factory(f"backfill {self.entity.name}", total or None, done)
+        threads = [
+            threading.Thread(target=self._worker, args=(i,), name=f"backfill-{i}", daemon=True)
+            for i in range(max(1, self.opt.workers))
+        ]
+        try:
+            for t in threads:
+                t.start()
+            for t in threads:
+                while t.is_alive():
+                    t.join(0.2)
+        except KeyboardInterrupt:
+            self._stop.set()
+            for t in threads:
+                t.join()
+        finally:
+            self.progress.close()
+        if self._errors:
+            raise self._errors[0]
+        refreshed = get_run(self.sql, self.run_id) or run
+        return self._summary(refreshed, started)
+
+    def _summary(self, run: Run, started: float) -> Summary:
+        parts = partitions_of(self.sql, self.run_id)
+        with self.sql.transaction() as cur:
+            bad = _db.select(cur, self.sql.dialect, BAD_DOCS, {"run_id": self.run_id},
+                             order_by=("ref",))
+        return Summary(
+            run_id=self.run_id, entity=self.entity.name, source=self.source.describe(),
+            partitions=len(parts), partitions_done=sum(p.status == DONE for p in parts),
+            read=sum(p.rows_read for p in parts), applied=sum(p.rows_applied for p in parts),
+            stale=sum(p.rows_stale for p in parts),
+            bad=[BadDoc(b["ref"], b["doc_key"], b["client"], b["error"]) for b in bad],
+            session_rows=self._session, seconds=time.monotonic() - started,
+            complete=run.status == DONE, stopped=self._stop.is_set() and run.status != DONE,
+        )
+
+    def _worker(self, index: int) -> None:
+        leases = Leases(self.sql, self.run_id, new_owner(f"/w{index}"), ttl_s=self.opt.lease_ttl_s)
+        try:
+            while not self._stop.is_set():
+                part = self._retry(leases.claim_next)
+                if part is None:
+                    if self._retry(leases.pending) == 0 or not self.opt.wait_for_others:
+                        break
+                    self._note("waiting for partitions leased by other workers")
+                    self._stop.wait(self.opt.poll_s)
+                    continue
+                self._note("")
+                self._process(leases, part)
+            if not self._stop.is_set():
+                self._retry(lambda: finish_run_if_complete(self.sql, self.run_id, self.entity.name))
+        except _Stopped:
+            return
+        except BaseException as exc:  # surfaced by run() in the main thread
+            self._errors.append(exc)
+            self._stop.set()
+
+    def _note(self, text: str) -> None:
+        if self.progress is not None:
+            self.progress.set_note(text)
+
+    def _process(self, leases: Leases, part: Partition) -> None:
+        clients = frozenset(self.opt.clients) if self.opt.clients is not None else None
+        committed = part.position
+        reader: Reader = self.source.open(self.entity, part.spec, committed, clients)
+        try:
+            while True:
+                if self._stop.is_set():
+                    leases.release(part.part)
+                    return
+                if not self._wait_while_paused(leases, part):
+                    return
+                try:
+                    batch = reader.next_batch(self.opt.batch)
+                except (RethinkUnavailable, OSError) as exc:
+                    reader.close()
+                    self._backoff(exc, "read")
+                    reader = self.source.open(self.entity, part.spec, committed, clients)
+                    continue
+                rows, bad, counts, last_key = map_documents(self.entity, batch.docs, batch.locate)
+                try:
+                    self._retry(functools.partial(
+                        self._commit, leases, part, batch, rows, bad, counts, last_key))
+                except LeaseLost as exc:
+                    self.emit(f"{exc}; leaving it to its new owner")
+                    return
+                committed = batch.position
+                read = len(batch.docs) + batch.skipped
+                with self._lock:
+                    self._session += read
+                if self.progress is not None:
+                    self.progress.advance(read)
+                if self.on_batch is not None:
+                    self.on_batch(part, batch)
+                if batch.exhausted:
+                    return
+                self.throttle.wait(read)
+        finally:
+            reader.close()
+
+    def _commit(
+        self, leases: Leases, part: Partition, batch: Batch, rows: list[Row], bad: list[BadDoc],
+        counts: dict[str, int], last_key: str | None,
+    ) -> WriteResult:
+        """Rows, bad-document records, ledger counts and checkpoint: one transaction."""
+        d = self.sql.dialect
+        now = now_utc()
+        with self.sql.transaction() as cur:
+            result = self.sql.apply(self.entity, rows, cursor=cur) if rows else WriteResult()
+            for b in bad:
+                _db.insert_missing(cur, d, BAD_DOCS, {
+                    "run_id": self.run_id, "ref": b.ref, "entity": self.entity.name,
+                    "doc_key": b.key, "client": b.client, "error": b.error, "recorded_at": now,
+                })
+            if counts:
+                ledger.add_rows(cur, d, self.entity.name, self.run_id, counts, now)
+            leases.checkpoint(
+                cur, part.part, position=batch.position, last_key=last_key,
+                read=len(batch.docs) + batch.skipped, applied=result.applied,
+                stale=result.stale, bad=len(bad), done=batch.exhausted,
+            )
+            if batch.exhausted and part.client is not None:
+                ledger.mark_copied(cur, d, self.entity.name, self.run_id, now, client=part.client)
+        return result
+
+    def _wait_while_paused(self, leases: Leases, part: Partition) -> bool:
+        """Block while the entity is paused, keeping the lease; False to give up."""
+        noted = False
+        while self._retry(lambda: control.is_paused(self.sql, self.entity.name)):
+            if not noted:
+                self._note("paused (cutover backfill resume)")
+                self.emit(f"backfill {self.entity.name}: paused")
+                noted = True
+            if self._stop.wait(self.opt.poll_s):
+                leases.release(part.part)
+                return False
+            if not self._retry(lambda: leases.renew(part.part)):
+                return False
+        if noted:
+            self._note("")
+            self.emit(f"backfill {self.entity.name}: resumed")
+        return True
+
+    # -- retries --------------------------------------------------------------------------
+    def _retry(self, call: Callable[[], T]) -> T:
+        """Run ``call``, retrying transient store errors with exponential backoff."""
+        attempt = 0
+        while True:
+            try:
+                return call()
+            except (StoreUnavailable, RethinkUnavailable, pyodbc.IntegrityError) as exc:
+                attempt += 1
+                if attempt > self.opt.max_retries:
+                    raise
+                self._backoff(exc, "store", attempt)
+
+    def _backoff(self, exc: BaseException, what: str, attempt: int = 1) -> None:
+        delay = min(30.0, self.opt.retry_base_s * 2 ** (attempt - 1))
+        self.emit(f"backfill {self.entity.name}: {what} failed ({exc}); retrying in {delay:.1f} s")
+        if self._stop.wait(delay):
+            raise _Stopped()
+
+    # -- dry run --------------------------------------------------------------------------
+    def dry_run(self) -> Summary:
+        """Read and map everything, write nothing: counts and bad documents up front."""
+        started = time.monotonic()
+        plan = self.source.plan(
+            self.entity, self.opt.clients, workers=1, active_first=self.opt.active_first,
+            priority=self.opt.priority,
+        )
+        clients = frozenset(self.opt.clients) if self.opt.clients is not None else None
+        summary = Summary(self.run_id, self.entity.name, self.source.describe(), dry_run=True,
+                          partitions=len(plan))
+        progress = self._progress_factory(
+            f"dry run {self.entity.name}", sum(p.est_rows for p in plan) or None, 0
+        )
+        try:
+            for planned in plan:
+                reader = self.source.open(self.entity, planned.spec, None, clients)
+                try:
+                    while not self._stop.is_set():
+                        batch = reader.next_batch(self.opt.batch)
+                        rows, bad, _, _ = map_documents(self.entity, batch.docs, batch.locate)
+                        read = len(batch.docs) + batch.skipped
+                        summary.read += read
+                        summary.applied += len(rows)
+                        summary.bad.extend(bad)
+                        summary.session_rows += read
+                        progress.advance(read)
+                        if batch.exhausted:
+                            summary.partitions_done += 1
+                            break
+                        self.throttle.wait(read)
+                finally:
+                    reader.close()
+        finally:
+            progress.close()
+        summary.seconds = time.monotonic() - started
+        summary.complete = summary.partitions_done == summary.partitions
+        summary.stopped = self._stop.is_set()
+        return summary
+
+
+class _Stopped(Exception):
+    """Raised out of a backoff wait when the run is being stopped."""
+
+
+def read_clients_file(path: str) -> list[str]:
+    """Client ids, one per line; blank lines and ``#`` comments ignored, order kept."""
+    with open(path, encoding="utf-8") as fh:
+        return _unique(line.split("#", 1)[0].strip() for line in fh)
+
+
+def _unique(items: Iterable[str]) -> list[str]:
+    seen: dict[str, None] = {}
+    for item in items:
+        if item:
+            seen.setdefault(item, None)
+    return list(seen)
+
+
+__all__ = [
+    "DEFAULT_RATE",
+    "Backfill",
+    "BadDoc",
+    "Options",
+    "SourceError",
+    "Summary",
+    "Throttle",
+    "map_documents",
+    "read_clients_file",
+]

@@ -1,0 +1,568 @@
+"""Where old documents come from: a live RethinkDB, or a ``rethinkdb export`` folder.
+
+Both sources serve two readers:
+
+* the backfill, which plans *partitions* (units of work with a lease and a
+  checkpoint) and reads each partition batch by batch from a resumable position;
+* verification, which scans documents in key order (to merge with the SQL store's
+  key-ordered scan), fetches documents by key, and samples keys.
+
+Live RethinkDB is partitioned per client (paged through the ``[client, key]`` index),
+so a busy client can be finished, verified and cut over early. Documents whose client
+field is missing or not a string are not in that index: they get one extra *sweep*
+partition that finds them by primary key, so they are reported rather than lost.
+
+An export folder holds ``<db>/<table>.json`` (a JSON array, one document per line as
+``rethinkdb export`` writes it, in primary-key order) or ``.jsonl``/``.ndjson``. It
+is streamed with ``json.JSONDecoder.raw_decode`` over fixed-size chunks, so memory
+does not grow with the file; the checkpoint is a byte offset. A file with one
+document per line is split into byte ranges for ``--workers``; any other layout is
+read as a single partition.
+"""
+
+from __future__ import annotations
+
+import codecs
+import hashlib
+import heapq
+import itertools
+import json
+import os
+import random
+import re
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Protocol
+
+from cutover.config import Entity
+from stores.rethink import RethinkStore, r
+
+
+class SourceError(RuntimeError):
+    """The source cannot be read as asked (missing file, corrupt JSON, wrong order)."""
+
+
+@dataclass(frozen=True)
+class PlannedPartition:
+    """A unit of work as planned: ``part`` names it within its run."""
+
+    part: str
+    spec: dict[str, Any]
+    client: str | None = None
+    est_rows: int = 0
+
+
+@dataclass
+class Batch:
+    """Documents read from one partition, and where to resume after them."""
+
+    docs: list[Any]
+    position: str | None
+    exhausted: bool
+    #: Where document ``i`` of this batch came from, for bad-document records.
+    locate: Callable[[int], str] = field(default=lambda i: f"#{i}")
+    #: Documents read but skipped because their client is not selected.
+    skipped: int = 0
+
+
+class Reader(Protocol):
+    def next_batch(self, limit: int) -> Batch: ...
+
+    def close(self) -> None: ...
+
+
+class Source(Protocol):
+    """What the backfill and verification need from the old store."""
+
+    def describe(self) -> dict[str, Any]:
+        """What is read, for the run record and reports (never a secret)."""
+        ...
+
+    def identity(self, entity: Entity) -> str:
+        """A name for the data read, equal on every machine reading the same data."""
+        ...
+
+    def plan(
+        self, entity: Entity, clients: Sequence[str] | None, *, workers: int, active_first: bool,
+        priority: Sequence[str] = (),
+    ) -> list[PlannedPartition]: ...
+
+    def open(
+        self, entity: Entity, spec: dict[str, Any], position: str | None,
+        clients: frozenset[str] | None,
+    ) -> Reader: ...
+
+    def scan(self, entity: Entity, client: str | None) -> Iterator[Any]:
+        """Documents in key order (one client's, or all)."""
+        ...
+
+    def get_many(self, entity: Entity, keys: Sequence[Any]) -> list[Any]: ...
+
+    def clients(self, entity: Entity) -> list[str]: ...
+
+    def sample_keys(self, entity: Entity, client: str, n: int, seed: int) -> list[Any]: ...
+
+
+def order_clients(
+    counts: dict[str, int], *, active_first: bool, priority: Sequence[str] = ()
+) -> list[str]:
+    """Claim order: listed clients first (in list order), then busiest first or by id."""
+    rank = {c: i for i, c in enumerate(priority)}
+    return sorted(
+        counts,
+        key=lambda c: (rank.get(c, len(rank)), -counts[c] if active_first else 0, c),
+    )
+
+
+# -- live RethinkDB ---------------------------------------------------------------------
+class RethinkSource:
+    """A live RethinkDB through :class:`~stores.rethink.RethinkStore`, paged by key."""
+
+    def __init__(self, store: RethinkStore, *, page_size: int = 1000) -> None:
+        self.store = store
+        self.page_size = page_size
+
+    def describe(self) -> dict[str, Any]:
+        return {"kind": "rethinkdb", "server": repr(self.store)}
+
+    def identity(self, entity: Entity) -> str:
+        return f"rethinkdb:{entity.rethinkdb_db}.{entity.rethinkdb_table}"
+
+    def plan(
+        self, entity: Entity, clients: Sequence[str] | None, *, workers: int, active_first: bool,
+        priority: Sequence[str] = (),
+    ) -> list[PlannedPartition]:
+        if clients is not None:
+            counts = {c: self.store.count(entity, c) for c in clients}
+            strays = 0
+        else:
+            groups = self.store.count_per_client(entity)
+            counts = {c: int(n) for c, n in groups.items() if isinstance(c, str) and c}
+            strays = sum(int(n) for c, n in groups.items() if not (isinstance(c, str) and c))
+        plan = [
+            PlannedPartition(f"client:{c}", {"kind": "client", "client": c}, c, counts[c])
+            for c in order_clients(counts, active_first=active_first, priority=priority)
+        ]
+        if strays:
+            plan.append(PlannedPartition("sweep", {"kind": "sweep"}, None, strays))
+        return plan
+
+    def open(
+        self, entity: Entity, spec: dict[str, Any], position: str | None,
+        clients: frozenset[str] | None,
+    ) -> Reader:
+        after = json.loads(position) if position is not None else None
+        if spec["kind"] == "client":
+            return _RethinkReader(self.store, entity, spec["client"], after)
+        if spec["kind"] == "sweep":
+            return _RethinkReader(self.store, entity, None, after, sweep=True)
+        raise SourceError(f"a RethinkDB source cannot read a {spec['kind']!r} partition")
+
+    def scan(self, entity: Entity, client: str | None) -> Iterator[Any]:
+        return self.store.scan(entity, client, page_size=self.page_size)
+
+    def get_many(self, entity: Entity, keys: Sequence[Any]) -> list[Any]:
+        found: list[Any] = []
+        for start in range(0, len(keys), 1000):
+            found.extend(self.store.get_many(entity, list(keys[start : start + 1000])))
+        return found
+
+    def clients(self, entity: Entity) -> list[str]:
+        return sorted(c for c in self.store.count_per_client(entity) if isinstance(c, str) and c)
+
+    def sample_keys(self, entity: Entity, client: str, n: int, seed: int) -> list[Any]:
+        query = self.store.table(entity).between(
+            [client, r.minval], [client, r.maxval], index=entity.client_index
+        ).sample(int(n))
+        with self.store.connection() as conn:
+            docs = list(query.run(conn))
+        # reqlite wraps each sampled document in a list; RethinkDB does not.
+        flat = [d[0] if isinstance(d, list) and d else d for d in docs]
+        return [d.get(entity.key) for d in flat if isinstance(d, dict)]
+
+
+class _RethinkReader:
+    """One client's documents via the client index, or the sweep of client-less ones."""
+
+    def __init__(
+        self, store: RethinkStore, entity: Entity, client: str | None, after: Any, *,
+        sweep: bool = False,
+    ) -> None:
+        self.store, self.entity, self.client, self.after, self.sweep = (
+            store, entity, client, after, sweep,
+        )
+
+    def next_batch(self, limit: int) -> Batch:
+        if self.sweep:
+            docs = self._sweep_page(limit)
+        else:
+            docs = self.store.page(self.entity, self.client, after=self.after, limit=limit)
+        previous = self.after
+        if docs:
+            self.after = docs[-1][self.entity.key]
+        key = self.entity.key
+
+        def locate(i: int) -> str:
+            doc = docs[i]
+            return f"key {json.dumps(doc.get(key) if isinstance(doc, dict) else None)} " \
+                f"(after {json.dumps(previous)})"
+
+        return Batch(
+            docs,
+            json.dumps(self.after) if self.after is not None else None,
+            exhausted=len(docs) < limit,
+            locate=locate,
+        )
+
+    def _sweep_page(self, limit: int) -> list[Any]:
+        """Documents whose client field is missing or not a string, by primary key."""
+        e = self.entity
+        table = self.store.table(e)
+        lower = r.minval if self.after is None else self.after
+        query = (
+            table.between(lower, r.maxval, left_bound="closed" if self.after is None else "open")
+            .order_by(index=e.key)
+            .filter(lambda d: d.has_fields(e.client).not_() | d[e.client].type_of().ne("STRING"))
+            .limit(int(limit))
+        )
+        with self.store.connection() as conn:
+            return list(query.run(conn))
+
+    def close(self) -> None:
+        return None
+
+
+# -- rethinkdb export folder ----------------------------------------------------------------
+_SEPARATORS = re.compile(r"[\s,]*")  # always matches (possibly empty)
+_CHUNK = 1 << 20
+_MAX_DOC = 256 << 20  # larger than RethinkDB's own document limit
+_EXTENSIONS = (".json", ".jsonl", ".ndjson")
+
+
+def _match_end(text: str, pos: int) -> int:
+    """Where the separators (whitespace, commas) starting at ``pos`` end."""
+    found = _SEPARATORS.match(text, pos)
+    return found.end() if found is not None else pos
+
+
+def native(doc: Any) -> Any:
+    """Turn ``$reql_type$: TIME`` values (export's raw time format) into datetimes.
+
+    Only top-level fields are converted: those are the mapped columns. A TIME nested
+    inside a JSON column stays as the raw object the export wrote.
+    """
+    if type(doc) is dict:
+        for name, value in doc.items():
+            if type(value) is dict and value.get("$reql_type$") == "TIME":
+                doc[name] = datetime.fromtimestamp(float(value["epoch_time"]), tz=UTC)
+    return doc
+
+
+class DocStream:
+    """Documents of a JSON-array or JSON-lines file from a byte offset, with offsets.
+
+    Iterating yields ``(document, start_byte)``; after each document ``position`` is
+    the byte offset just past it, which is where a resumed reader seeks to. With
+    ``end`` set, documents starting at or after ``end`` are left to the next range.
+    """
+
+    def __init__(self, path: Path, start: int = 0, end: int | None = None) -> None:
+        self.path, self.start, self.end = path, start, end
+        self.position = start
+        self._decoder = json.JSONDecoder()
+
+    def __iter__(self) -> Iterator[tuple[Any, int]]:
+        raw_decode = self._decoder.raw_decode
+        skip = _match_end
+        utf8 = codecs.getincrementaldecoder("utf-8")()
+        # buf holds decoded text from byte offset `base`; (mark_p, mark_b) caches the
+        # byte offset of one text position so offsets cost O(1) per document.
+        buf, base, eof, ascii_buf = "", self.start, False, True
+        mark_p, mark_b = 0, self.start
+
+        def offset(pos: int) -> int:
+            nonlocal mark_p, mark_b
+            if ascii_buf:
+                return base + pos
+            mark_b += len(buf[mark_p:pos].encode("utf-8"))
+            mark_p = pos
+            return mark_b
+
+        with open(self.path, "rb") as fh:
+            fh.seek(self.start)
+
+            def refill(keep: int) -> int:
+                """Drop text before ``keep``, append the next chunk; returns the new 0."""
+                nonlocal buf, base, eof, ascii_buf, mark_p, mark_b
+                base = offset(keep)
+                buf = buf[keep:]
+                mark_p, mark_b = 0, base
+                data = fh.read(_CHUNK)
+                eof = not data
+                buf += utf8.decode(data, final=eof)
+                ascii_buf = buf.isascii()
+                return 0
+
+            p = refill(0)
+            if self.start == 0:
+                p = skip(buf, 1 if buf.startswith("\ufeff") else 0)
+                if buf.startswith("[", p):
+                    p += 1
+            while True:
+                p = skip(buf, p)
+                if p >= len(buf):
+                    if eof:
+                        return
+                    p = refill(p)
+                    continue
+                if buf[p] == "]":
+                    return
+                begin = offset(p)
+                if self.end is not None and begin >= self.end:
+                    return
+                try:
+                    doc, q = raw_decode(buf, p)
+                except json.JSONDecodeError as exc:
+                    if eof:
+                        raise SourceError(
+                            f"{self.path}: invalid JSON at byte {begin}: {exc.msg}"
+                        ) from None
+                    if len(buf) - p > _MAX_DOC:
+                        raise SourceError(
+                            f"{self.path}: document at byte {begin} is invalid or too large"
+                        ) from None
+                    p = refill(p)
+                    continue
+                if q >= len(buf) and not eof:
+                    p = refill(p)  # a value may go on in the next chunk: decode it again
+                    continue
+                p = q
+                self.position = offset(q)
+                yield native(doc), begin
+
+
+def find_table_file(folder: Path, entity: Entity) -> Path:
+    """``<folder>/<db>/<table>.json`` (or .jsonl/.ndjson), or ``<folder>/<table>.json``."""
+    candidates = [
+        folder / entity.rethinkdb_db / f"{entity.rethinkdb_table}{ext}" for ext in _EXTENSIONS
+    ] + [folder / f"{entity.rethinkdb_table}{ext}" for ext in _EXTENSIONS]
+    for path in candidates:
+        if path.is_file():
+            return path
+    raise SourceError(
+        f"no export file for {entity.name}: looked for {entity.rethinkdb_db}/"
+        f"{entity.rethinkdb_table}.json (or .jsonl/.ndjson) under {folder}"
+    )
+
+
+def _line_is_document(line: bytes) -> bool:
+    text = line.strip().rstrip(b",").strip()
+    if text in (b"", b"[", b"]"):
+        return True
+    try:
+        return isinstance(json.loads(text), dict)
+    except ValueError:
+        return False
+
+
+class ExportSource:
+    """A ``rethinkdb export`` folder: streamed, byte-range partitioned, resumable."""
+
+    #: A partition of about this many bytes; more for ``--workers`` when smaller.
+    partition_bytes = 16 << 20
+    #: How much of the file's start is checked for the one-document-per-line layout.
+    probe_bytes = 1 << 20
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = Path(folder)
+        if not self.folder.is_dir():
+            raise SourceError(f"export folder {self.folder} does not exist")
+
+    def describe(self) -> dict[str, Any]:
+        return {"kind": "export", "folder": str(self.folder)}
+
+    def identity(self, entity: Entity) -> str:
+        """Name, size and a digest of both ends: equal for copies of one export on
+        several machines, different for a new export of the same table."""
+        path = find_table_file(self.folder, entity)
+        size = path.stat().st_size
+        digest = hashlib.sha256()
+        with open(path, "rb") as fh:
+            digest.update(fh.read(1 << 16))
+            fh.seek(max(0, size - (1 << 16)))
+            digest.update(fh.read(1 << 16))
+        return f"export:{entity.rethinkdb_db}/{path.name}:{size}:{digest.hexdigest()[:16]}"
+
+    # -- backfill ---------------------------------------------------------------------
+    def plan(
+        self, entity: Entity, clients: Sequence[str] | None, *, workers: int, active_first: bool,
+        priority: Sequence[str] = (),
+    ) -> list[PlannedPartition]:
+        path = find_table_file(self.folder, entity)
+        size = path.stat().st_size
+        per_line, bytes_per_doc = self._probe(path)
+        wanted = max(workers, -(-size // self.partition_bytes)) if per_line else 1
+        cuts = sorted({0, *(self._align(path, size * i // wanted) for i in range(1, wanted)), size})
+        if per_line and not all(self._boundary_ok(path, c, size) for c in cuts[1:-1]):
+            cuts = [0, size]
+        plan = []
+        for start, end in itertools.pairwise(cuts):
+            if end > start:
+                est = int((end - start) / bytes_per_doc) if bytes_per_doc else 0
+                spec = {"kind": "bytes", "file": path.name, "start": start, "end": end}
+                plan.append(PlannedPartition(f"bytes:{start:015d}", spec, None, est))
+        return plan or [PlannedPartition("bytes:0", {"kind": "bytes", "file": path.name,
+                                                      "start": 0, "end": size}, None, 0)]
+
+    def _probe(self, path: Path) -> tuple[bool, float]:
+        """Whether the file has one document per line, and the average bytes per doc."""
+        with open(path, "rb") as fh:
+            head = fh.read(self.probe_bytes)
+            complete = fh.read(1) == b""
+        lines = head.split(b"\n")
+        if not complete:
+            lines = lines[:-1]  # the last one may be cut
+        docs = [ln for ln in lines if ln.strip().rstrip(b",").strip() not in (b"", b"[", b"]")]
+        per_line = all(_line_is_document(ln) for ln in lines) and bool(docs)
+        per_doc = (sum(len(ln) + 1 for ln in docs) / len(docs)) if docs else 0.0
+        return per_line, per_doc
+
+    @staticmethod
+    def _align(path: Path, target: int) -> int:
+        """The start of the first line at or after ``target``."""
+        with open(path, "rb") as fh:
+            fh.seek(max(target - 1, 0))
+            fh.readline()
+            return fh.tell()
+
+    @staticmethod
+    def _boundary_ok(path: Path, at: int, size: int) -> bool:
+        if at >= size:
+            return True
+        with open(path, "rb") as fh:
+            fh.seek(at)
+            return _line_is_document(fh.readline())
+
+    def open(
+        self, entity: Entity, spec: dict[str, Any], position: str | None,
+        clients: frozenset[str] | None,
+    ) -> Reader:
+        if spec.get("kind") != "bytes":
+            raise SourceError(f"an export source cannot read a {spec.get('kind')!r} partition")
+        path = find_table_file(self.folder, entity)
+        start = int(position) if position is not None else int(spec["start"])
+        return _ExportReader(entity, path, start, int(spec["end"]), clients)
+
+    # -- verification -----------------------------------------------------------------------
+    def stream(self, entity: Entity) -> Iterator[Any]:
+        for doc, _ in DocStream(find_table_file(self.folder, entity)):
+            yield doc
+
+    def scan(self, entity: Entity, client: str | None) -> Iterator[Any]:
+        """All documents (of one client) in key order; a file out of order is an error."""
+        key, cl = entity.key, entity.client
+        previous: Any = None
+        for doc in self.stream(entity):
+            k = doc.get(key) if isinstance(doc, dict) else None
+            if isinstance(k, str):
+                if previous is not None and k <= previous:
+                    raise SourceError(
+                        f"export of {entity.name} is not in key order at {k!r} (after "
+                        f"{previous!r}); verification merges by key and needs a sorted export"
+                    )
+                previous = k
+            if client is None or (isinstance(doc, dict) and doc.get(cl) == client):
+                yield doc
+
+    def get_many(self, entity: Entity, keys: Sequence[Any]) -> list[Any]:
+        """Documents by key: one pass over the file (an export has no index)."""
+        wanted = set(keys)
+        if not wanted:
+            return []
+        key = entity.key
+        return [d for d in self.stream(entity) if isinstance(d, dict) and d.get(key) in wanted]
+
+    def clients(self, entity: Entity) -> list[str]:
+        cl = entity.client
+        found = {d.get(cl) for d in self.stream(entity) if isinstance(d, dict)}
+        return sorted(c for c in found if isinstance(c, str) and c)
+
+    def sample_keys(self, entity: Entity, client: str, n: int, seed: int) -> list[Any]:
+        """A uniform sample of one client's keys (reservoir sampling over one pass)."""
+        rng = random.Random(seed)
+        heap: list[tuple[float, int, Any]] = []
+        for i, doc in enumerate(self.scan(entity, client)):
+            item = (rng.random(), i, doc.get(entity.key))
+            if len(heap) < n:
+                heapq.heappush(heap, item)
+            elif item[0] > heap[0][0]:
+                heapq.heapreplace(heap, item)
+        return [k for _, _, k in heap]
+
+
+class _ExportReader:
+    def __init__(
+        self, entity: Entity, path: Path, start: int, end: int, clients: frozenset[str] | None
+    ) -> None:
+        self.entity, self.path, self.end, self.clients = entity, path, end, clients
+        self.stream = DocStream(path, start, end)
+        self.iterator = iter(self.stream)
+        self.done = start >= end
+
+    def next_batch(self, limit: int) -> Batch:
+        docs: list[Any] = []
+        starts: list[int] = []
+        skipped = 0
+        cl = self.entity.client
+        selected = self.clients
+        if not self.done:
+            for doc, begin in self.iterator:
+                if selected is not None and (type(doc) is not dict or doc.get(cl) not in selected):
+                    skipped += 1
+                    if skipped >= limit * 10:
+                        break  # report progress (and let pause work) on long filtered runs
+                    continue
+                docs.append(doc)
+                starts.append(begin)
+                if len(docs) >= limit:
+                    break
+            else:
+                self.done = True
+        name = self.path.name
+        return Batch(
+            docs,
+            str(self.stream.position),
+            exhausted=self.done,
+            locate=lambda i: f"{name}@{starts[i]}",
+            skipped=skipped,
+        )
+
+    def close(self) -> None:
+        close = getattr(self.iterator, "close", None)
+        if close is not None:
+            close()
+
+
+def write_export(folder: Path, entity: Entity, docs: Iterable[dict[str, Any]]) -> Path:
+    """Write documents the way ``rethinkdb export`` does (tests, benchmarks, demos)."""
+    path = folder / entity.rethinkdb_db / f"{entity.rethinkdb_table}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", encoding="utf-8") as out:
+        out.write("[")
+        first = True
+        for doc in docs:
+            out.write(("\n" if first else ",\n") + json.dumps(doc, default=_json_default))
+            first = False
+        out.write("\n]\n")
+    info = path.with_suffix(".info")
+    info.write_text(json.dumps({"primary_key": entity.key, "name": entity.rethinkdb_table}))
+    os.utime(path)
+    return path
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return {"$reql_type$": "TIME", "epoch_time": value.timestamp(), "timezone": "+00:00"}
+    raise TypeError(f"cannot export {type(value).__name__}")
