@@ -21,9 +21,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from cutover.runtime import Runtime
-from cutover.settings import redact
+from cutover.settings import Settings, redact
 from flags.evaluator import StageReader, StageSource
-from cutover.settings import Settings
 from stores.mapping import MappingError
 from stores.rethink import RethinkUnavailable
 from stores.sql import StoreUnavailable

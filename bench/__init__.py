@@ -1,1 +1,1 @@
-"""Benchmarks (`make bench`): each figure printed as a ratio to a baseline measured in the same run."""
+"""Benchmarks (`make bench`): each figure is a ratio to a baseline measured in the same run."""

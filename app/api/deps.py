@@ -14,8 +14,8 @@ from fastapi import Depends, Request
 from app.reads import ReadModel
 from app.shadow import ShadowComparer
 from cutover.runtime import Runtime
-from flags.evaluator import StageSource
 from cutover.settings import Settings
+from flags.evaluator import StageSource
 
 
 @dataclass
