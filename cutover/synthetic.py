@@ -57,9 +57,15 @@ def generate_history(
     versions: int = 3,
     delete_rate: float = 0.1,
     seed: int = 0,
+    start: datetime | None = None,
 ) -> list[Event]:
-    """Every change of every id, in version order per id (what the producer emits)."""
+    """Every change of every id, in version order per id (what the producer emits).
+
+    Changes happen a millisecond apart from ``start`` (default: now), so event lag
+    (now minus ``occurred_at``) reads like a live stream's.
+    """
     rng = random.Random(seed)
+    origin = start or datetime.now(UTC)
     events: list[Event] = []
     for client in client_ids(clients):
         for i in range(ids_per_client):
@@ -78,7 +84,7 @@ def generate_history(
                         id=key,
                         client_id=client,
                         version=v,
-                        occurred_at=_EPOCH + timedelta(seconds=len(events)),
+                        occurred_at=origin + timedelta(milliseconds=len(events)),
                         data={} if op == "delete" else synthetic_data(entity, rng),
                     )
                 )
