@@ -41,6 +41,7 @@ from backfill.sources import ExportSource, write_export
 from backfill.verify import Verifier
 from cutover import services
 from cutover.config import Config, Entity, load_config
+from cutover.services.postgres import create_database
 from cutover.synthetic import client_ids, key_for, synthetic_data
 from stores.mapping import row_from_document
 from stores.sql import SqlStore
@@ -67,14 +68,6 @@ def documents(entity: Entity, n: int, *, clients: int = 50, seed: int = 7) -> It
             else:
                 doc.update(synthetic_data(entity, rng))
             yield doc
-
-
-def fresh_database(admin_dsn: str, name: str) -> str:
-    conn = pyodbc.connect(admin_dsn, autocommit=True)
-    conn.execute(f"DROP DATABASE IF EXISTS {name}")
-    conn.execute(f"CREATE DATABASE {name}")
-    conn.close()
-    return admin_dsn.replace("DATABASE=cutover", f"DATABASE={name}")
 
 
 def native_bulk_write(pg: services.ServiceInfo, database: str, config: Config,
@@ -189,7 +182,7 @@ def run(n: int, big: int, pg: services.ServiceInfo, work: Path) -> int:
     write_export(big_dir, entity, documents(entity, big))
 
     # 1. native baseline: same rows, same server, COPY + set-based upsert.
-    dsn_native = fresh_database(admin, "bench_native")
+    dsn_native = create_database(admin, "bench_native", replace=True)
     native_store = SqlStore(dsn_native, "postgresql", config)
     native_store.ensure_schema()
     rows = mapped_rows(native_store, entity, small_dir)
@@ -198,7 +191,7 @@ def run(n: int, big: int, pg: services.ServiceInfo, work: Path) -> int:
     native_store.close()
 
     # 2. the backfill, in process, unthrottled.
-    dsn = fresh_database(admin, "bench_backfill")
+    dsn = create_database(admin, "bench_backfill", replace=True)
     store = SqlStore(dsn, "postgresql", config)
     store.ensure_schema()
     source = ExportSource(small_dir)
@@ -243,7 +236,7 @@ def run(n: int, big: int, pg: services.ServiceInfo, work: Path) -> int:
     # 4. memory: a backfill subprocess per size, each into a fresh database.
     rss = {}
     for label, folder, count in (("small", small_dir, n), ("big", big_dir, big)):
-        child_dsn = fresh_database(admin, f"bench_rss_{label}")
+        child_dsn = create_database(admin, f"bench_rss_{label}", replace=True)
         seconds, peak = backfill_subprocess(folder, child_dsn, ROOT / "cutover.toml",
                                             work / f"state-{label}")
         rss[label] = {"docs": count, "peak_rss_bytes": peak, "seconds": seconds}
@@ -300,7 +293,7 @@ def breakdown(admin: str, config: Config, entity: Entity, folder: Path, n: int,
     start = time.perf_counter()
     rows = [row_from_document(entity, d) for d in docs]
     mapping = time.perf_counter() - start
-    dsn = fresh_database(admin, "bench_breakdown")
+    dsn = create_database(admin, "bench_breakdown", replace=True)
     store = SqlStore(dsn, "postgresql", config)
     store.ensure_schema()
     table = store.table(entity)

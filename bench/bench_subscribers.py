@@ -35,12 +35,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-import pyodbc
 from google.cloud import pubsub_v1
 
 from cutover import pubsub, services
 from cutover.config import load_config, parse_config
 from cutover.runtime import Runtime
+from cutover.services.postgres import create_database
 from cutover.settings import Settings
 from cutover.synthetic import generate_history, reference, with_faults
 from cutover.tables import all_tables
@@ -56,14 +56,6 @@ TARGET = 0.7
 
 def say(text: str) -> None:
     print(text, flush=True)
-
-
-def fresh_database(admin_dsn: str, name: str) -> str:
-    conn = pyodbc.connect(admin_dsn, autocommit=True)
-    conn.execute(f"DROP DATABASE IF EXISTS {name}")
-    conn.execute(f"CREATE DATABASE {name}")
-    conn.close()
-    return admin_dsn.replace("DATABASE=cutover", f"DATABASE={name}")
 
 
 def bench_config(path: Path) -> Path:
@@ -197,8 +189,8 @@ def main(argv: list[str]) -> int:
         infos = services.up(["pubsub", "postgres"], state_dir=state)
         admin = infos["postgres"].extra["odbc_dsn"]
         config_path = bench_config(state / "cutover.toml")
-        worker_dsn = fresh_database(admin, "bench_worker")
-        write_dsn = fresh_database(admin, "bench_write")
+        worker_dsn = create_database(admin, "bench_worker", replace=True)
+        write_dsn = create_database(admin, "bench_write", replace=True)
         settings = Settings(
             _env_file=None, config_file=config_path, state_dir=state / "cutover",
             sql_dsn=worker_dsn, pubsub_emulator_host=infos["pubsub"].url,

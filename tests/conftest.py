@@ -21,6 +21,7 @@ import pytest
 
 from cutover import services
 from cutover.config import Config, load_config
+from cutover.services.postgres import create_database
 from cutover.settings import Settings
 from stores.rethink import RethinkStore
 from stores.sql import SqlStore
@@ -83,12 +84,7 @@ def config() -> Config:
 @pytest.fixture
 def postgres_dsn(postgres_server: services.ServiceInfo) -> str:
     """An ODBC DSN for a fresh database in the private PostgreSQL cluster."""
-    admin_dsn = postgres_server.extra["odbc_dsn"]
-    name = unique("t")
-    conn = pyodbc.connect(admin_dsn, autocommit=True)
-    conn.execute(f"CREATE DATABASE {name}")
-    conn.close()
-    return admin_dsn.replace("DATABASE=cutover", f"DATABASE={name}")
+    return create_database(postgres_server.extra["odbc_dsn"], unique("t"))
 
 
 @pytest.fixture

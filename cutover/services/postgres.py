@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import pwd
+import re
 import shlex
 import shutil
 import signal
@@ -33,6 +34,25 @@ def odbc_dsn(port: int, database: str = "cutover") -> str:
     return (
         f"DRIVER={{{ODBC_DRIVER}}};SERVER={HOST};PORT={port};DATABASE={database};UID=postgres;PWD=;"
     )
+
+
+def create_database(admin_dsn: str, name: str, *, replace: bool = False) -> str:
+    """Create database ``name`` on the server of ``admin_dsn``; returns its ODBC DSN.
+
+    For tests and benchmarks that want a fresh, private database per use.
+    """
+    if not re.fullmatch(r"[a-z_][a-z0-9_]{0,62}", name):
+        raise ValueError(f"invalid database name {name!r}")
+    import pyodbc
+
+    conn = pyodbc.connect(admin_dsn, autocommit=True)
+    try:
+        if replace:
+            conn.execute(f"DROP DATABASE IF EXISTS {name}")
+        conn.execute(f"CREATE DATABASE {name}")
+    finally:
+        conn.close()
+    return re.sub(r"DATABASE=[^;]*", f"DATABASE={name}", admin_dsn)
 
 
 def libpq_url(port: int, database: str = "cutover") -> str:

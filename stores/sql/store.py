@@ -307,6 +307,14 @@ class SqlStore:
         include_deleted: bool = False,
     ) -> tuple[str, list[Any]]:
         """The statement behind :meth:`page` (also checked offline as T-SQL)."""
+        where, params = self._where(entity, client_id, after, include_deleted)
+        order = f" ORDER BY {self.dialect.quote(entity.key)}"
+        return self.dialect.limit(self._select(entity) + where + order, limit), params
+
+    def _where(
+        self, entity: Entity, client_id: str | None, after: str | None, include_deleted: bool
+    ) -> tuple[str, list[Any]]:
+        """A WHERE clause (or "") for one client, keys after a key, tombstones or not."""
         q = self.dialect.quote
         where, params = [], []
         if client_id is not None:
@@ -318,10 +326,7 @@ class SqlStore:
         if not include_deleted:
             where.append(f"{q(DELETED)} = ?")
             params.append(self.dialect.to_db("bool", False))
-        sql = self._select(entity)
-        if where:
-            sql += " WHERE " + " AND ".join(where)
-        return self.dialect.limit(f"{sql} ORDER BY {q(entity.key)}", limit), params
+        return (" WHERE " + " AND ".join(where) if where else ""), params
 
     def scan(
         self,
@@ -345,17 +350,8 @@ class SqlStore:
     def count(
         self, entity: Entity, client_id: str | None = None, *, include_deleted: bool = False
     ) -> int:
-        q = self.dialect.quote
-        where, params = [], []
-        if client_id is not None:
-            where.append(f"{q(entity.client)} = ?")
-            params.append(client_id)
-        if not include_deleted:
-            where.append(f"{q(DELETED)} = ?")
-            params.append(self.dialect.to_db("bool", False))
-        sql = f"SELECT COUNT(*) FROM {q(self.table(entity).name)}"
-        if where:
-            sql += " WHERE " + " AND ".join(where)
+        where, params = self._where(entity, client_id, None, include_deleted)
+        sql = f"SELECT COUNT(*) FROM {self.dialect.quote(self.table(entity).name)}{where}"
         with self.transaction() as cur:
             return int(cur.execute(sql, params).fetchone()[0])
 
