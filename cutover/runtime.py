@@ -41,3 +41,5 @@ class Runtime:
     def close(self) -> None:
         if "sql" in self.__dict__:
             self.sql.close()
+        if "rethink" in self.__dict__:
+            self.rethink.close()

@@ -12,6 +12,8 @@ on a missing document does not insert), the code takes the path both accept.
 
 from __future__ import annotations
 
+import os
+import queue
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 from typing import Any
@@ -44,8 +46,12 @@ class RethinkStore:
         user: str = "admin",
         password: str = "",
         timeout_s: float = 10.0,
+        pool_size: int = 8,
     ) -> None:
         self.config = config
+        self._pool_size = pool_size
+        self._pool: queue.LifoQueue[Any] = queue.LifoQueue(pool_size)
+        self._pool_pid = os.getpid()
         self._params: dict[str, Any] = {
             "host": host,
             "port": port,
@@ -70,18 +76,48 @@ class RethinkStore:
 
     @contextmanager
     def connection(self) -> Iterator[Any]:
-        """A connection, closed without waiting for noreply queries (reqlite-safe)."""
-        try:
-            conn = r.connect(**self._params)
-        except ReqlDriverError as exc:
-            raise RethinkUnavailable(f"cannot connect to RethinkDB at {self}: {exc}") from None
+        """A pooled connection, used by one caller at a time.
+
+        The handshake costs milliseconds per connection, most of a single-document read,
+        so connections are kept (up to ``pool_size``) and reused. A connection that
+        failed is closed, never returned; a forked child starts with an empty pool, as
+        sharing the parent's sockets would interleave their replies.
+        """
+        if self._pool_pid != os.getpid():
+            self._pool, self._pool_pid = queue.LifoQueue(self._pool_size), os.getpid()
+        conn = None
+        with suppress(queue.Empty):
+            conn = self._pool.get_nowait()
+        if conn is None or not conn.is_open():
+            try:
+                conn = r.connect(**self._params)
+            except ReqlDriverError as exc:
+                raise RethinkUnavailable(f"cannot connect to RethinkDB at {self}: {exc}") from None
+        healthy = False
         try:
             yield conn
+            healthy = True
         except ReqlDriverError as exc:
             raise RethinkUnavailable(f"RethinkDB connection failed: {exc}") from None
+        except ReqlError:
+            healthy = True  # a query error (missing table, bad value): the link is fine
+            raise
         finally:
-            with suppress(ReqlError, OSError):
-                conn.close(noreply_wait=False)
+            if healthy:
+                try:
+                    self._pool.put_nowait(conn)
+                except queue.Full:
+                    _close(conn)
+            else:
+                _close(conn)
+
+    def close(self) -> None:
+        """Close the pooled connections (they are reopened on the next use)."""
+        while True:
+            try:
+                _close(self._pool.get_nowait())
+            except queue.Empty:
+                return
 
     def table(self, entity: Entity) -> Any:
         return r.db(entity.rethinkdb_db).table(entity.rethinkdb_table)
@@ -227,6 +263,11 @@ class RethinkStore:
                 db = r.db(entity.rethinkdb_db)
                 if entity.rethinkdb_table in db.table_list().run(conn):
                     db.table_drop(entity.rethinkdb_table).run(conn)
+
+
+def _close(conn: Any) -> None:
+    with suppress(ReqlError, OSError):
+        conn.close(noreply_wait=False)  # reqlite fails when asked to wait for noreply
 
 
 def _ignore_exists(create: Any) -> None:
