@@ -61,8 +61,11 @@ def documents(entity: Entity, n: int, *, clients: int = 50, seed: int = 7) -> It
             if made >= n:
                 return
             made += 1
-            doc: dict[str, Any] = {entity.key: key_for(client, i), entity.client: client,
-                                   entity.version: rng.randint(1, 9)}
+            doc: dict[str, Any] = {
+                entity.key: key_for(client, i),
+                entity.client: client,
+                entity.version: rng.randint(1, 9),
+            }
             if rng.random() < 0.02:
                 doc[entity.deleted_marker] = True
             else:
@@ -70,8 +73,13 @@ def documents(entity: Entity, n: int, *, clients: int = 50, seed: int = 7) -> It
             yield doc
 
 
-def native_bulk_write(pg: services.ServiceInfo, database: str, config: Config,
-                      entity: Entity, rows: list[tuple[Any, ...]]) -> float:
+def native_bulk_write(
+    pg: services.ServiceInfo,
+    database: str,
+    config: Config,
+    entity: Entity,
+    rows: list[tuple[Any, ...]],
+) -> float:
     """psycopg COPY into a staging table + one version-guarded upsert; seconds."""
     import psycopg
 
@@ -79,9 +87,11 @@ def native_bulk_write(pg: services.ServiceInfo, database: str, config: Config,
     cols = [c.name for c in table.columns]
     q = ", ".join(f'"{c}"' for c in cols)
     sets = ", ".join(f'"{c}" = excluded."{c}"' for c in cols if c != entity.key)
-    guard = (f'"{table.name}"."{entity.version}" < excluded."{entity.version}" OR '
-             f'("{table.name}"."{entity.version}" = excluded."{entity.version}" AND '
-             f'"{table.name}"."_deleted" < excluded."_deleted")')
+    guard = (
+        f'"{table.name}"."{entity.version}" < excluded."{entity.version}" OR '
+        f'("{table.name}"."{entity.version}" = excluded."{entity.version}" AND '
+        f'"{table.name}"."_deleted" < excluded."_deleted")'
+    )
     url = f"host={pg.host} port={pg.port} user=postgres dbname={database}"
     with psycopg.connect(url) as conn:
         start = time.perf_counter()
@@ -108,12 +118,19 @@ def mapped_rows(store: SqlStore, entity: Entity, path: Path) -> list[tuple[Any, 
     out = []
     for doc in ExportSource(path).stream(entity):
         row = row_from_document(entity, doc)
-        fixed = {entity.key: row.key, entity.client: row.client_id, entity.version: row.version,
-                 "_deleted": row.deleted, "_updated_at": to_db("datetime", now)}
-        out.append(tuple(
-            fixed[c.name] if c.name in fixed else to_db(c.kind, row.values.get(c.name))
-            for c in table.columns
-        ))
+        fixed = {
+            entity.key: row.key,
+            entity.client: row.client_id,
+            entity.version: row.version,
+            "_deleted": row.deleted,
+            "_updated_at": to_db("datetime", now),
+        }
+        out.append(
+            tuple(
+                fixed[c.name] if c.name in fixed else to_db(c.kind, row.values.get(c.name))
+                for c in table.columns
+            )
+        )
     return out
 
 
@@ -138,15 +155,34 @@ def backfill_subprocess(
     export: Path, dsn: str, config_file: Path, state: Path
 ) -> tuple[float, int]:
     """Run the real CLI in a child; (seconds, the child's own peak RSS in bytes)."""
-    env = {**os.environ, "CUTOVER_SQL_DSN": dsn, "CUTOVER_CONFIG_FILE": str(config_file),
-           "CUTOVER_STATE_DIR": str(state)}
+    env = {
+        **os.environ,
+        "CUTOVER_SQL_DSN": dsn,
+        "CUTOVER_CONFIG_FILE": str(config_file),
+        "CUTOVER_STATE_DIR": str(state),
+    }
     peak_file = state.with_suffix(".rss")
     state.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     done = subprocess.run(
-        [sys.executable, "-c", _CHILD, str(peak_file), "backfill", "run", "orders",
-         "--from-export", str(export), "--rate", "0"],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=state, text=True,
+        [
+            sys.executable,
+            "-c",
+            _CHILD,
+            str(peak_file),
+            "backfill",
+            "run",
+            "orders",
+            "--from-export",
+            str(export),
+            "--rate",
+            "0",
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        cwd=state,
+        text=True,
     )
     seconds = time.perf_counter() - start
     if done.returncode != 0:
@@ -195,41 +231,57 @@ def run(n: int, big: int, pg: services.ServiceInfo, work: Path) -> int:
     store = SqlStore(dsn, "postgresql", config)
     store.ensure_schema()
     source = ExportSource(small_dir)
-    job = Backfill(store, source, entity, Options(rate=0, batch=1000),
-                   progress=lambda t, total, done: _quiet(t, total, done))
+    job = Backfill(
+        store,
+        source,
+        entity,
+        Options(rate=0, batch=1000),
+        progress=lambda t, total, done: _quiet(t, total, done),
+    )
     start = time.perf_counter()
     summary = job.run()
     backfill_s = time.perf_counter() - start
     assert summary.complete and summary.read == n, summary.lines()
     written = store.count(entity, include_deleted=True)
     results["backfill"] = {
-        "seconds": backfill_s, "rows_per_s": n / backfill_s, "rows_in_sql": written,
-        "native_seconds": native_s, "native_rows_per_s": n / native_s,
+        "seconds": backfill_s,
+        "rows_per_s": n / backfill_s,
+        "rows_in_sql": written,
+        "native_seconds": native_s,
+        "native_rows_per_s": n / native_s,
         "ratio": native_s / backfill_s,
     }
 
     # 2b. where the backfill's time goes, per row (same export, same server).
-    results["breakdown_us_per_row"] = breakdown(admin, config, entity, small_dir,
-                                                min(n, 50_000), native_s / n)
+    results["breakdown_us_per_row"] = breakdown(
+        admin, config, entity, small_dir, min(n, 50_000), native_s / n
+    )
 
     # 3. verification (export folder vs PostgreSQL) against a plain scan of both.
     start = time.perf_counter()
     old_count = sum(1 for _ in source.stream(entity))
     new_count = sum(1 for _ in store.scan(entity, None, page_size=5000))
     scan_s = time.perf_counter() - start
-    verifier = Verifier(store, source, entity, recheck_delay_s=0,
-                        progress=lambda t, total, done: _quiet(t, total, done))
+    verifier = Verifier(
+        store,
+        source,
+        entity,
+        recheck_delay_s=0,
+        progress=lambda t, total, done: _quiet(t, total, done),
+    )
     start = time.perf_counter()
     report = verifier.run(record=False)
     verify_s = time.perf_counter() - start
     assert report.clean, report.summary_lines()[:20]
     results["verify"] = {
-        "seconds": verify_s, "rows_per_s": report.rows_checked / verify_s,
-        "rows_checked": report.rows_checked, "scan_seconds": scan_s,
+        "seconds": verify_s,
+        "rows_per_s": report.rows_checked / verify_s,
+        "rows_checked": report.rows_checked,
+        "scan_seconds": scan_s,
         "scan_rows": {"old": old_count, "new": new_count},
         "ratio": scan_s / verify_s,
         "note": "old side = the export folder (reqlite cannot page 200k documents usefully);"
-                " the plain-scan baseline reads the same two sources",
+        " the plain-scan baseline reads the same two sources",
     }
     store.close()
 
@@ -237,48 +289,73 @@ def run(n: int, big: int, pg: services.ServiceInfo, work: Path) -> int:
     rss = {}
     for label, folder, count in (("small", small_dir, n), ("big", big_dir, big)):
         child_dsn = create_database(admin, f"bench_rss_{label}", replace=True)
-        seconds, peak = backfill_subprocess(folder, child_dsn, ROOT / "cutover.toml",
-                                            work / f"state-{label}")
+        seconds, peak = backfill_subprocess(
+            folder, child_dsn, ROOT / "cutover.toml", work / f"state-{label}"
+        )
         rss[label] = {"docs": count, "peak_rss_bytes": peak, "seconds": seconds}
     growth = rss["big"]["peak_rss_bytes"] / rss["small"]["peak_rss_bytes"] - 1
     results["memory"] = {**rss, "growth": growth}
 
     b, v = results["backfill"], results["verify"]
     results["targets"] = [
-        {"name": "backfill rows/s vs native COPY+upsert", "value": b["ratio"], "op": ">=",
-         "target": 0.7, "met": b["ratio"] >= 0.7},
-        {"name": f"peak RSS growth {n:,} -> {big:,} docs", "value": abs(growth), "op": "<",
-         "target": 0.2, "met": abs(growth) < 0.2},
-        {"name": "full verify rows/s vs plain scan of both", "value": v["ratio"], "op": ">=",
-         "target": 0.5, "met": v["ratio"] >= 0.5},
+        {
+            "name": "backfill rows/s vs native COPY+upsert",
+            "value": b["ratio"],
+            "op": ">=",
+            "target": 0.7,
+            "met": b["ratio"] >= 0.7,
+        },
+        {
+            "name": f"peak RSS growth {n:,} -> {big:,} docs",
+            "value": abs(growth),
+            "op": "<",
+            "target": 0.2,
+            "met": abs(growth) < 0.2,
+        },
+        {
+            "name": "full verify rows/s vs plain scan of both",
+            "value": v["ratio"],
+            "op": ">=",
+            "target": 0.5,
+            "met": v["ratio"] >= 0.5,
+        },
     ]
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "backfill.json").write_text(json.dumps(results, indent=2) + "\n")
 
-    print(f"backfill  {n:,} docs from export -> PostgreSQL via pyodbc: "
-          f"{b['rows_per_s']:,.0f} rows/s ({backfill_s:.1f} s)")
-    print(f"  native  psycopg COPY + set-based upsert, same rows: {b['native_rows_per_s']:,.0f}"
-          f" rows/s ({native_s:.1f} s)  ratio {b['ratio']:.2f} (target >= 0.7)")
+    print(
+        f"backfill  {n:,} docs from export -> PostgreSQL via pyodbc: "
+        f"{b['rows_per_s']:,.0f} rows/s ({backfill_s:.1f} s)"
+    )
+    print(
+        f"  native  psycopg COPY + set-based upsert, same rows: {b['native_rows_per_s']:,.0f}"
+        f" rows/s ({native_s:.1f} s)  ratio {b['ratio']:.2f} (target >= 0.7)"
+    )
     for label in ("small", "big"):
         m = rss[label]
-        print(f"memory    backfill subprocess, {m['docs']:,} docs: peak RSS "
-              f"{m['peak_rss_bytes'] / 2**20:,.1f} MiB ({m['seconds']:.1f} s)")
+        print(
+            f"memory    backfill subprocess, {m['docs']:,} docs: peak RSS "
+            f"{m['peak_rss_bytes'] / 2**20:,.1f} MiB ({m['seconds']:.1f} s)"
+        )
     print(f"  growth  {growth:+.1%} (target < 20%)")
-    print(f"verify    full, {report.rows_checked:,} keys: {v['rows_per_s']:,.0f} rows/s "
-          f"({verify_s:.1f} s); plain scan of both {scan_s:.1f} s; ratio {v['ratio']:.2f} "
-          "(target >= 0.5)")
+    print(
+        f"verify    full, {report.rows_checked:,} keys: {v['rows_per_s']:,.0f} rows/s "
+        f"({verify_s:.1f} s); plain scan of both {scan_s:.1f} s; ratio {v['ratio']:.2f} "
+        "(target >= 0.5)"
+    )
     print(f"  note    {v['note']}")
     parts = ", ".join(f"{k} {v:.1f}" for k, v in results["breakdown_us_per_row"].items())
     print(f"breakdown us/row: {parts}")
     return 0
 
 
-def breakdown(admin: str, config: Config, entity: Entity, folder: Path, n: int,
-              native_per_row_s: float) -> dict[str, float]:
+def breakdown(
+    admin: str, config: Config, entity: Entity, folder: Path, n: int, native_per_row_s: float
+) -> dict[str, float]:
     """Microseconds per row of each stage of the backfill's path, measured apart.
 
     ``pyodbc_write_only`` runs the store's own upsert statement (``dialect.upsert``) with
-    parameters bound beforehand, one transaction and a fresh cursor per 1,000 rows, as
+    its JSON batch parameter built beforehand, one transaction per 1,000 rows, as
     ``SqlStore.apply`` does: the ceiling of any pyodbc backfill on this server.
     """
     from cutover.events import now_utc
@@ -297,32 +374,37 @@ def breakdown(admin: str, config: Config, entity: Entity, folder: Path, n: int,
     store = SqlStore(dsn, "postgresql", config)
     store.ensure_schema()
     table = store.table(entity)
-    to_db = store.dialect.to_db
-    now = to_db("datetime", now_utc())
+    now = now_utc()
+    full = n - n % 1000
     start = time.perf_counter()
-    params: list[Any] = []
-    for row in rows:
-        fixed = {entity.key: row.key, entity.client: row.client_id, entity.version: row.version,
-                 "_deleted": row.deleted, "_updated_at": now}
-        params.extend(fixed[c.name] if c.name in fixed else to_db(c.kind, row.values.get(c.name))
-                      for c in table.columns)
+    batches = [
+        store.batch_json(entity, table, rows[i : i + 1000], now) for i in range(0, full, 1000)
+    ]
     bind = time.perf_counter() - start
-    width = len(table.columns)
-    sql = store.dialect.upsert(table.name, [(c.name, c.kind) for c in table.columns], 1000,
-                               key=entity.key, version=entity.version, deleted="_deleted")
+    sql = store.dialect.upsert(
+        table.name,
+        [(c.name, c.kind) for c in table.columns],
+        key=entity.key,
+        version=entity.version,
+        deleted="_deleted",
+    )
     conn = pyodbc.connect(dsn, autocommit=False)
+    cur = conn.cursor()
     start = time.perf_counter()
-    for i in range(0, n - n % 1000, 1000):
-        cur = conn.cursor()
-        cur.execute(sql, params[i * width:(i + 1000) * width])
+    for batch in batches:
+        cur.execute(sql, batch)
         conn.commit()
     write = time.perf_counter() - start
     conn.close()
     store.close()
     per = 1e6 / n
-    full = (n - n % 1000) or 1
-    return {"parse": parse * per, "row_from_document": mapping * per, "bind_params": bind * per,
-            "pyodbc_write_only": write * 1e6 / full, "native_copy_upsert": native_per_row_s * 1e6}
+    return {
+        "parse": parse * per,
+        "row_from_document": mapping * per,
+        "bind_params": bind * per,
+        "pyodbc_write_only": write * 1e6 / (full or 1),
+        "native_copy_upsert": native_per_row_s * 1e6,
+    }
 
 
 def _quiet(title: str, total: int | None, done: int) -> Any:

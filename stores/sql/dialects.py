@@ -125,20 +125,36 @@ class Dialect:
             return f"{sql} OFFSET 0 ROWS FETCH NEXT {int(n)} ROWS ONLY"
         return f"{sql} LIMIT {int(n)}"
 
-    def rows_per_statement(self, columns: int) -> int:
-        return max(1, min(self.max_rows, self.max_params // columns))
+    def to_json(self, kind: ColumnType | InternalType, value: Any) -> Any:
+        """A Python value as it travels inside the JSON batch of :meth:`upsert`."""
+        if value is None:
+            return None
+        kind = str(kind)
+        if kind == "json":
+            return json.dumps(value, separators=(",", ":"), ensure_ascii=False, sort_keys=True)
+        if kind == "datetime":
+            naive = value.astimezone(UTC).replace(tzinfo=None)
+            return naive.isoformat(
+                sep=" " if self.name == "sqlite" else "T", timespec="microseconds"
+            )
+        return value
 
     def upsert(
         self,
         table: str,
         columns: list[tuple[str, ColumnType | InternalType]],
-        rows: int,
         *,
         key: str,
         version: str,
         deleted: str,
     ) -> str:
-        """A version-guarded multi-row upsert of ``rows`` rows.
+        """A version-guarded, set-based upsert of a batch sent as ONE JSON parameter.
+
+        The batch is a JSON array of objects keyed by column name (see :meth:`to_json`),
+        unpacked by the server (``OPENJSON``, ``json_populate_recordset``,
+        ``json_each``). One parameter instead of one per value: binding costs the
+        driver microseconds per parameter, and SQL Server's 2,100-parameter limit no
+        longer caps the rows per statement.
 
         A stored row is replaced only when the incoming ``(version, deleted)`` is greater:
         a newer version wins, and at equal versions a delete beats an upsert, so any
@@ -148,24 +164,34 @@ class Dialect:
         names = [q(c) for c, _ in columns]
         newer = "{t}.{v} < {s}.{v} OR ({t}.{v} = {s}.{v} AND {t}.{d} < {s}.{d})"
         if self.name == "mssql":
-            marks = "(" + ", ".join(self.placeholder(k) for _, k in columns) + ")"
+            shape = ",\n    ".join(
+                f"{q(c)} {'NVARCHAR(900)' if str(k) == 'key' else self.column_type(k)} '$.{c}'"
+                for c, k in columns
+            )
             sets = ", ".join(f"t.{n} = s.{n}" for n in names if n != q(key))
             cond = newer.format(t="t", s="s", v=q(version), d=q(deleted))
             return (
                 f"MERGE INTO {q(table)} WITH (HOLDLOCK) AS t\n"
-                f"USING (VALUES {', '.join([marks] * rows)}) AS s ({', '.join(names)})\n"
+                f"USING (SELECT * FROM OPENJSON(?) WITH (\n    {shape}\n)) AS s\n"
                 f"ON t.{q(key)} = s.{q(key)}\n"
                 f"WHEN MATCHED AND ({cond}) THEN\n"
                 f"  UPDATE SET {sets}\n"
                 f"WHEN NOT MATCHED BY TARGET THEN\n"
                 f"  INSERT ({', '.join(names)}) VALUES ({', '.join('s.' + n for n in names)});"
             )
-        marks = "(" + ", ".join("?" for _ in columns) + ")"
+        if self.name == "postgresql":
+            source = (
+                f"SELECT {', '.join(names)}\n"
+                f"FROM json_populate_recordset(NULL::{q(table)}, CAST(? AS json))"
+            )
+        else:  # SQLite: WHERE true resolves the parser's ON CONFLICT / join ambiguity
+            picks = ", ".join(f"json_extract(value, '$.{c}')" for c, _ in columns)
+            source = f"SELECT {picks}\nFROM json_each(?) WHERE true"
         sets = ", ".join(f"{n} = excluded.{n}" for n in names if n != q(key))
         cond = newer.format(t=q(table), s="excluded", v=q(version), d=q(deleted))
         return (
             f"INSERT INTO {q(table)} ({', '.join(names)})\n"
-            f"VALUES {', '.join([marks] * rows)}\n"
+            f"{source}\n"
             f"ON CONFLICT ({q(key)}) DO UPDATE SET {sets}\n"
             f"WHERE {cond}"
         )

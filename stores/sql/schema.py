@@ -66,6 +66,12 @@ def entity_table(entity: Entity) -> Table:
     return Table(entity.sql_table, columns, (entity.key,), (index,))
 
 
+def entity_value_columns(entity: Entity, table: Table) -> list[Col]:
+    """The table's mapped columns (everything but key, client, version and system)."""
+    fixed = {entity.key, entity.client, entity.version, *SYSTEM_COLUMNS}
+    return [c for c in table.columns if c.name not in fixed]
+
+
 SCHEMA_TABLE = Table(
     "cutover_schema",
     (

@@ -9,6 +9,7 @@ a backfill racing the double-write all end in the newest version.
 
 from __future__ import annotations
 
+import json
 import queue
 import threading
 from collections.abc import Iterable, Iterator, Sequence
@@ -24,7 +25,14 @@ from cutover.settings import Settings, redact
 
 from ..mapping import Row
 from .dialects import Dialect, get_dialect
-from .schema import DELETED, UPDATED_AT, Table, ensure_tables, entity_table
+from .schema import (
+    DELETED,
+    UPDATED_AT,
+    Table,
+    ensure_tables,
+    entity_table,
+    entity_value_columns,
+)
 
 
 class StoreUnavailable(RuntimeError):
@@ -36,8 +44,16 @@ _TRANSIENT_STATES = ("08", "HYT00", "HYT01", "40001", "40P01", "57P01", "57P03")
 #: HY000 is "general error": SQLite's driver reports everything so, and psqlodbc a lost
 #: connection. Only these words make one transient (retry), not "no such table".
 _TRANSIENT_WORDS = (
-    "locked", "busy", "connection", "server closed", "could not send", "could not receive",
-    "timeout", "timed out", "deadlock", "terminating",
+    "locked",
+    "busy",
+    "connection",
+    "server closed",
+    "could not send",
+    "could not receive",
+    "timeout",
+    "timed out",
+    "deadlock",
+    "terminating",
 )
 
 
@@ -211,39 +227,38 @@ class SqlStore:
             return WriteResult(0, len(rows))
         table = self.table(entity)
         columns = [(c.name, c.kind) for c in table.columns]
-        per_statement = self.dialect.rows_per_statement(len(columns))
+        sql = self.dialect.upsert(
+            table.name, columns, key=entity.key, version=entity.version, deleted=DELETED
+        )
         now = now_utc()
         applied = 0
-        for start in range(0, len(unique), per_statement):
-            chunk = unique[start : start + per_statement]
-            sql = self.dialect.upsert(
-                table.name,
-                columns,
-                len(chunk),
-                key=entity.key,
-                version=entity.version,
-                deleted=DELETED,
-            )
-            params: list[Any] = []
-            for row in chunk:
-                params.extend(self._params(entity, table, row, now))
-            cur.execute(sql, params)
+        step = self.dialect.max_rows
+        for start in range(0, len(unique), step):
+            batch = self.batch_json(entity, table, unique[start : start + step], now)
+            cur.execute(sql, batch)
             applied += max(cur.rowcount, 0)
         return WriteResult(applied, len(rows) - applied)
 
-    def _params(self, entity: Entity, table: Table, row: Row, now: Any) -> list[Any]:
-        to_db = self.dialect.to_db
-        fixed = {
-            entity.key: row.key,
-            entity.client: row.client_id,
-            entity.version: to_db("int", row.version),
-            DELETED: to_db("bool", row.deleted),
-            UPDATED_AT: to_db("datetime", now),
-        }
-        return [
-            fixed[c.name] if c.name in fixed else to_db(c.kind, row.values.get(c.name))
-            for c in table.columns
-        ]
+    def batch_json(self, entity: Entity, table: Table, rows: Sequence[Row], now: Any) -> str:
+        """The JSON parameter of the upsert: one object per row, keyed by column name."""
+        to_json = self.dialect.to_json
+        kinds = [(c.name, c.kind) for c in entity_value_columns(entity, table)]
+        stamp = to_json("datetime", now)
+        return json.dumps(
+            [
+                {
+                    entity.key: row.key,
+                    entity.client: row.client_id,
+                    entity.version: row.version,
+                    DELETED: row.deleted,
+                    UPDATED_AT: stamp,
+                    **{name: to_json(kind, row.values.get(name)) for name, kind in kinds},
+                }
+                for row in rows
+            ],
+            separators=(",", ":"),
+            ensure_ascii=False,
+        )
 
     # -- reads ------------------------------------------------------------------------
     def _select(self, entity: Entity) -> str:

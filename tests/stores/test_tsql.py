@@ -36,10 +36,9 @@ def _statements(config: Config) -> dict[str, str]:
         "create_orders": "\nGO\n".join(create_table_sql(TSQL, table)),
         "create_schema_table": "\nGO\n".join(create_table_sql(TSQL, SCHEMA_TABLE)),
         "add_column": add_column_sql(TSQL, table, table.col("status")),
-        "upsert_orders_2_rows": TSQL.upsert(
+        "upsert_orders": TSQL.upsert(
             table.name,
             [(c.name, c.kind) for c in table.columns],
-            2,
             key=orders.key,
             version=orders.version,
             deleted="_deleted",
@@ -56,7 +55,7 @@ def _named_params(sql: str) -> str:
 
 @pytest.mark.parametrize(
     "name",
-    ["create_orders", "create_schema_table", "add_column", "upsert_orders_2_rows", "page_orders"],
+    ["create_orders", "create_schema_table", "add_column", "upsert_orders", "page_orders"],
 )
 def test_generated_tsql_matches_golden_file(config: Config, name: str) -> None:
     sql = _statements(config)[name].strip() + "\n"
@@ -69,7 +68,7 @@ def test_generated_tsql_matches_golden_file(config: Config, name: str) -> None:
 
 @pytest.mark.parametrize(
     "name",
-    ["create_orders", "create_schema_table", "add_column", "upsert_orders_2_rows", "page_orders"],
+    ["create_orders", "create_schema_table", "add_column", "upsert_orders", "page_orders"],
 )
 def test_generated_tsql_parses_as_tsql(config: Config, name: str) -> None:
     for batch in _statements(config)[name].split("\nGO\n"):
@@ -81,11 +80,19 @@ def test_the_parser_check_can_fail() -> None:
         sqlfluff.parse("MERGE INTO [t] USING WHEN MATCHED THEN UPDATE SET\n", dialect="tsql")
 
 
-def test_upsert_respects_sql_server_parameter_and_row_limits(config: Config) -> None:
-    table = entity_table(config.entity("orders"))
-    rows = TSQL.rows_per_statement(len(table.columns))
-    assert rows * len(table.columns) <= 2100 and rows <= 1000
-    assert TSQL.rows_per_statement(1) == 1000
+def test_upsert_binds_one_parameter_whatever_the_batch(config: Config) -> None:
+    """SQL Server caps a statement at 2,100 parameters: the batch travels as one JSON."""
+    orders = config.entity("orders")
+    table = entity_table(orders)
+    sql = TSQL.upsert(
+        table.name,
+        [(c.name, c.kind) for c in table.columns],
+        key=orders.key,
+        version=orders.version,
+        deleted="_deleted",
+    )
+    assert sql.count("?") == 1
+    assert "OPENJSON(?)" in sql and "WITH (HOLDLOCK)" in sql
 
 
 @pytest.mark.parametrize(

@@ -1,5 +1,17 @@
 MERGE INTO [orders] WITH (HOLDLOCK) AS t
-USING (VALUES (CAST(? AS NVARCHAR(900)), CAST(? AS NVARCHAR(900)), CAST(? AS BIGINT), CAST(? AS BIT), CAST(? AS DATETIME2(6)), CAST(? AS NVARCHAR(MAX)), CAST(? AS FLOAT), CAST(? AS BIGINT), CAST(? AS BIT), CAST(? AS DATETIME2(6)), CAST(? AS NVARCHAR(MAX))), (CAST(? AS NVARCHAR(900)), CAST(? AS NVARCHAR(900)), CAST(? AS BIGINT), CAST(? AS BIT), CAST(? AS DATETIME2(6)), CAST(? AS NVARCHAR(MAX)), CAST(? AS FLOAT), CAST(? AS BIGINT), CAST(? AS BIT), CAST(? AS DATETIME2(6)), CAST(? AS NVARCHAR(MAX)))) AS s ([id], [client_id], [version], [_deleted], [_updated_at], [status], [amount], [quantity], [paid], [placed_at], [meta])
+USING (SELECT * FROM OPENJSON(?) WITH (
+    [id] NVARCHAR(900) '$.id',
+    [client_id] NVARCHAR(900) '$.client_id',
+    [version] BIGINT '$.version',
+    [_deleted] BIT '$._deleted',
+    [_updated_at] DATETIME2(6) '$._updated_at',
+    [status] NVARCHAR(MAX) '$.status',
+    [amount] FLOAT '$.amount',
+    [quantity] BIGINT '$.quantity',
+    [paid] BIT '$.paid',
+    [placed_at] DATETIME2(6) '$.placed_at',
+    [meta] NVARCHAR(MAX) '$.meta'
+)) AS s
 ON t.[id] = s.[id]
 WHEN MATCHED AND (t.[version] < s.[version] OR (t.[version] = s.[version] AND t.[_deleted] < s.[_deleted])) THEN
   UPDATE SET t.[client_id] = s.[client_id], t.[version] = s.[version], t.[_deleted] = s.[_deleted], t.[_updated_at] = s.[_updated_at], t.[status] = s.[status], t.[amount] = s.[amount], t.[quantity] = s.[quantity], t.[paid] = s.[paid], t.[placed_at] = s.[placed_at], t.[meta] = s.[meta]
