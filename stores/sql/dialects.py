@@ -9,6 +9,7 @@ the T-SQL that runs in production is the same text the golden tests check offlin
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -65,7 +66,7 @@ class Dialect:
             return None
         kind = str(kind)
         if kind == "json":
-            return json.dumps(value, separators=(",", ":"), ensure_ascii=False, sort_keys=True)
+            return _json_text(value)
         if kind == "datetime":
             naive = value.astimezone(UTC).replace(tzinfo=None)
             # sqliteodbc keeps only milliseconds of a bound datetime: bind ISO text.
@@ -127,17 +128,26 @@ class Dialect:
 
     def to_json(self, kind: ColumnType | InternalType, value: Any) -> Any:
         """A Python value as it travels inside the JSON batch of :meth:`upsert`."""
-        if value is None:
-            return None
+        convert = self.json_converter(kind)
+        return value if convert is None or value is None else convert(value)
+
+    def json_converter(self, kind: ColumnType | InternalType) -> Callable[[Any], Any] | None:
+        """The conversion :meth:`to_json` applies to non-null values; None when none.
+
+        Strings, numbers and booleans travel as they are; only timestamps and JSON
+        columns change form, so a batch builder can skip the call for the rest.
+        """
         kind = str(kind)
         if kind == "json":
-            return json.dumps(value, separators=(",", ":"), ensure_ascii=False, sort_keys=True)
+            return _json_text
         if kind == "datetime":
-            naive = value.astimezone(UTC).replace(tzinfo=None)
-            return naive.isoformat(
-                sep=" " if self.name == "sqlite" else "T", timespec="microseconds"
+            sep = " " if self.name == "sqlite" else "T"
+            return lambda value: (
+                value.astimezone(UTC)
+                .replace(tzinfo=None)
+                .isoformat(sep=sep, timespec="microseconds")
             )
-        return value
+        return None
 
     def upsert(
         self,
@@ -196,6 +206,8 @@ class Dialect:
             f"WHERE {cond}"
         )
 
+
+_json_text = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, sort_keys=True).encode
 
 _SCALAR_TYPES: dict[str, dict[str, str]] = {
     "mssql": {

@@ -34,6 +34,8 @@ from .schema import (
     entity_value_columns,
 )
 
+_batch_text = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+
 
 class StoreUnavailable(RuntimeError):
     """The SQL store cannot be reached or failed transiently; retry later, nothing lost."""
@@ -241,24 +243,31 @@ class SqlStore:
 
     def batch_json(self, entity: Entity, table: Table, rows: Sequence[Row], now: Any) -> str:
         """The JSON parameter of the upsert: one object per row, keyed by column name."""
-        to_json = self.dialect.to_json
-        kinds = [(c.name, c.kind) for c in entity_value_columns(entity, table)]
-        stamp = to_json("datetime", now)
-        return json.dumps(
-            [
-                {
-                    entity.key: row.key,
-                    entity.client: row.client_id,
-                    entity.version: row.version,
-                    DELETED: row.deleted,
-                    UPDATED_AT: stamp,
-                    **{name: to_json(kind, row.values.get(name)) for name, kind in kinds},
-                }
-                for row in rows
-            ],
-            separators=(",", ":"),
-            ensure_ascii=False,
-        )
+        plain, converted = [], []
+        for column in entity_value_columns(entity, table):
+            convert = self.dialect.json_converter(column.kind)
+            if convert is None:
+                plain.append(column.name)
+            else:
+                converted.append((column.name, convert))
+        stamp = self.dialect.to_json("datetime", now)
+        objects = []
+        for row in rows:
+            values = row.values
+            obj = {
+                entity.key: row.key,
+                entity.client: row.client_id,
+                entity.version: row.version,
+                DELETED: row.deleted,
+                UPDATED_AT: stamp,
+            }
+            for name in plain:
+                obj[name] = values.get(name)
+            for name, convert in converted:
+                value = values.get(name)
+                obj[name] = None if value is None else convert(value)
+            objects.append(obj)
+        return _batch_text(objects)
 
     # -- reads ------------------------------------------------------------------------
     def _select(self, entity: Entity) -> str:
