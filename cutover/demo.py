@@ -103,7 +103,9 @@ class Rehearsal:
             except subprocess.TimeoutExpired:
                 child.kill()
                 child.wait()
-        console.print(f"  {name} stopped (exit {child.returncode})")
+        # uvicorn re-raises SIGTERM after a graceful shutdown: -15 is a clean stop there.
+        how = "on SIGTERM" if child.returncode == -signal.SIGTERM else f"exit {child.returncode}"
+        console.print(f"  {name} stopped ({how})")
 
     # -- the rehearsal ----------------------------------------------------------------
     def run(self) -> None:
@@ -112,7 +114,7 @@ class Rehearsal:
         finally:
             for child in self.children:
                 if child.poll() is None and not self.keep:
-                    self.stop_child(child, f"pid {child.pid}")
+                    self.stop_child(child, f"the API (pid {child.pid})")
             if not self.keep:
                 services.down(state_dir=self.state_dir)
 
