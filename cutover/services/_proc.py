@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 
-from cutover.services._model import HOST, ServiceError
+from cutover.services._model import HOST, Record, ServiceError, ServiceInfo
 from cutover.settings import redact
 
 #: Popen objects of servers this process started, so it can reap them properly.
@@ -190,3 +190,30 @@ def wait_until(
                 name, f"not healthy after {timeout:.0f} s (last check: {detail})", log_path, secrets
             )
         time.sleep(0.2)
+
+
+def started(
+    info: ServiceInfo,
+    ticks: int | None,
+    check: Callable[[ServiceInfo], tuple[bool, str]],
+    timeout: float,
+) -> Record:
+    """Wait until a just-spawned server answers ``check``; stop it if it never does.
+
+    A server that fails to come up is never left running: its process is stopped
+    before the error (with the tail of its log, secrets masked) reaches the caller.
+    """
+    try:
+        wait_until(
+            lambda: check(info),
+            name=info.name,
+            timeout=timeout,
+            pid=info.pid,
+            ticks=ticks,
+            log_path=info.log_path,
+            secrets=info.secrets(),
+        )
+    except BaseException:
+        stop_pid(info.pid, ticks)
+        raise
+    return Record(info, ticks)

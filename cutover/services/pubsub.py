@@ -29,19 +29,7 @@ def start(ctx: Context, deps: Mapping[str, ServiceInfo]) -> Record:
     proc = _proc.spawn(argv, log_path=log, env=env, cwd=ctx.service_dir(NAME))
     ticks = _proc.start_ticks(proc.pid)
     info = ServiceInfo(NAME, HOST, port, proc.pid, f"{HOST}:{port}", log)
-    try:
-        _proc.wait_until(
-            lambda: check(info),
-            name=NAME,
-            timeout=BOOT_TIMEOUT_S,
-            pid=proc.pid,
-            ticks=ticks,
-            log_path=log,
-        )
-    except BaseException:
-        _proc.stop_pid(proc.pid, ticks)
-        raise
-    return Record(info, ticks)
+    return _proc.started(info, ticks, check, BOOT_TIMEOUT_S)
 
 
 def check(info: ServiceInfo) -> tuple[bool, str]:

@@ -27,19 +27,7 @@ def start(ctx: Context, deps: Mapping[str, ServiceInfo]) -> Record:
     proc = _proc.spawn([node, str(_LAUNCHER), str(modules), str(port)], log_path=log, cwd=home)
     ticks = _proc.start_ticks(proc.pid)
     info = ServiceInfo(NAME, HOST, port, proc.pid, f"rethinkdb://{HOST}:{port}", log)
-    try:
-        _proc.wait_until(
-            lambda: check(info),
-            name=NAME,
-            timeout=BOOT_TIMEOUT_S,
-            pid=proc.pid,
-            ticks=ticks,
-            log_path=log,
-        )
-    except BaseException:
-        _proc.stop_pid(proc.pid, ticks)
-        raise
-    return Record(info, ticks)
+    return _proc.started(info, ticks, check, BOOT_TIMEOUT_S)
 
 
 def check(info: ServiceInfo) -> tuple[bool, str]:

@@ -95,20 +95,7 @@ def _launch(ctx: Context, pg: ServiceInfo, tokens: Mapping[str, str]) -> Record:
         log,
         {**tokens, "environment": ENVIRONMENT},
     )
-    try:
-        _proc.wait_until(
-            lambda: check(info),
-            name=NAME,
-            timeout=BOOT_TIMEOUT_S,
-            pid=proc.pid,
-            ticks=ticks,
-            log_path=log,
-            secrets=info.secrets(),
-        )
-    except BaseException:
-        _proc.stop_pid(proc.pid, ticks)
-        raise
-    return Record(info, ticks)
+    return _proc.started(info, ticks, check, BOOT_TIMEOUT_S)
 
 
 def start(ctx: Context, deps: Mapping[str, ServiceInfo]) -> Record:

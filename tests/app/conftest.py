@@ -86,8 +86,7 @@ def make_runtime(settings: Settings, cfg: Config) -> Runtime:
 def seed(rt: Runtime, entity: str, *, clients: int = 3, ids: int = 9, seed: int = 11) -> list[Row]:
     """The same history in both stores (they agree), tombstones included."""
     ent = rt.cfg.entity(entity)
-    history = generate_history(ent, clients=clients, ids_per_client=ids, seed=seed,
-                               delete_rate=0.3)
+    history = generate_history(ent, clients=clients, ids_per_client=ids, seed=seed, delete_rate=0.3)
     rows = list(reference(ent, history).values())
     rt.sql.apply(ent, rows)
     rt.rethink.write(ent, rows)

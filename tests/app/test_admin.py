@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import json
 import socket
-import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+from app_support import stream_through_worker
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from pydantic import SecretStr
@@ -30,16 +30,13 @@ from backfill.verify import Verifier
 from cutover import services
 from cutover.config import Config
 from cutover.events import Event, now_utc
-from cutover.pubsub import publish_events, publisher, topic_path
 from cutover.runtime import Runtime
 from cutover.settings import Settings
 from cutover.synthetic import client_ids, generate_history, reference
 from flags.file_backend import FileBackend
 from flags.stages import Stage
 from stores.mapping import Row
-from subscribers import counters, failures
-from subscribers.manage import add
-from subscribers.worker import Worker
+from subscribers import failures
 
 TOKEN = "s3cret-admin-token-for-tests"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -419,25 +416,6 @@ def pubsub_rt(
     runtime.close()
 
 
-def _stream_through_worker(rt: Runtime, events: list[Event], poison: bytes) -> None:
-    """Publish events plus one poison message and let a real worker handle them all."""
-    add(rt, "orders-sqlstore", actor="tester")
-    worker = Worker(rt, ["orders-sqlstore"])
-    worker.start()
-    try:
-        publish_events(rt.settings, events, topic="orders")
-        publisher(rt.settings).publish(topic_path(rt.settings, "orders"), poison).result(30)
-        deadline = time.monotonic() + 60
-        while True:
-            counts = counters.read_all(rt.sql).get("orders-sqlstore")
-            if counts and counts.processed >= len(events) + 1:
-                break
-            assert time.monotonic() < deadline, f"worker did not finish: {counts}"
-            time.sleep(0.2)
-    finally:
-        worker.stop()
-
-
 def test_subscription_health_failure_log_and_replay(pubsub_rt: Runtime) -> None:
     """Bad input (a body that is not JSON): logged as a failure, counted, still open after
     a replay (it fails again, one more attempt); a valid message the store had refused
@@ -445,7 +423,7 @@ def test_subscription_health_failure_log_and_replay(pubsub_rt: Runtime) -> None:
     rt = pubsub_rt
     orders = rt.cfg.entity("orders")
     events = generate_history(orders, clients=2, ids_per_client=4, seed=3)
-    _stream_through_worker(rt, events, b"this is not json")
+    stream_through_worker(rt, events, b"this is not json", actor="tester")
     with TestClient(build_app(rt)) as client:
         health = {
             s["name"]: s

@@ -12,12 +12,12 @@ is saved as ``test-artifacts/console.png``.
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from app_support import stream_through_worker
 
 from app.shadow import Mismatch, MismatchRecorder
 from backfill.progress import Progress
@@ -26,16 +26,11 @@ from backfill.sources import RethinkSource
 from backfill.verify import Verifier
 from cutover import services
 from cutover.config import Config
-from cutover.events import Event
-from cutover.pubsub import publish_events, publisher, topic_path
 from cutover.runtime import Runtime
 from cutover.settings import Settings
 from cutover.synthetic import client_ids, generate_history, reference
 from flags.service import FlagService
 from stores.mapping import Row
-from subscribers import counters
-from subscribers.manage import add
-from subscribers.worker import Worker
 
 pytestmark = pytest.mark.browser
 
@@ -54,25 +49,6 @@ CLEAN, SHADOWED, DIRTY = client_ids(3)
 
 def _quiet(title: str, total: int | None, done: int) -> Progress:
     return Progress(title, total, done, tty=False, emit=lambda line: None)
-
-
-def _stream(rt: Runtime, events: list[Event], poison: bytes) -> None:
-    """Double-write the events (and one poison message) through a real worker."""
-    add(rt, "orders-sqlstore", actor="carol@ops")
-    worker = Worker(rt, ["orders-sqlstore"])
-    worker.start()
-    try:
-        publish_events(rt.settings, events, topic="orders")
-        publisher(rt.settings).publish(topic_path(rt.settings, "orders"), poison).result(30)
-        deadline = time.monotonic() + 60
-        while True:
-            counts = counters.read_all(rt.sql).get("orders-sqlstore")
-            if counts and counts.processed >= len(events) + 1:
-                break
-            assert time.monotonic() < deadline, f"the worker did not finish: {counts}"
-            time.sleep(0.2)
-    finally:
-        worker.stop()
 
 
 @pytest.fixture
@@ -99,7 +75,7 @@ def migration(
     orders = rt.cfg.entity("orders")
     history = generate_history(orders, clients=3, ids_per_client=40, seed=11)
     rt.rethink.write(orders, list(reference(orders, history).values()))
-    _stream(rt, history, b'{"entity": "orders", "truncated')
+    stream_through_worker(rt, history, b'{"entity": "orders", "truncated', actor="carol@ops")
     assert (
         Backfill(rt.sql, RethinkSource(rt.rethink), orders, Options(rate=0), progress=_quiet)
         .run()
