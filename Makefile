@@ -26,7 +26,7 @@ test: setup  ## Run the test suite against real local servers
 
 lint: setup  ## ruff and mypy
 	$(BIN)/ruff check .
-	$(BIN)/ruff format --check . || true
+	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
 bench: setup  ## Benchmarks: JSON in bench-results/, each figure as a ratio to its baseline

@@ -8,8 +8,13 @@ import click
 @click.command("serve")
 @click.option("--host", help="Bind address (default: CUTOVER_API_HOST, 127.0.0.1).")
 @click.option("--port", type=int, help="Port (default: CUTOVER_API_PORT, 8080).")
-@click.option("--workers", type=int, default=1, show_default=True,
-              help="Worker processes; each creates its own Unleash client after the fork.")
+@click.option(
+    "--workers",
+    type=int,
+    default=1,
+    show_default=True,
+    help="Worker processes; each creates its own Unleash client after the fork.",
+)
 @click.option("--log-level", default="info", show_default=True)
 def serve(host: str | None, port: int | None, workers: int, log_level: str) -> None:
     """Serve GET /v1/{entity}/{client_id}/items[/{id}] from the store each client's

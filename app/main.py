@@ -129,4 +129,3 @@ def create_app(
 def app_from_env() -> FastAPI:
     """The uvicorn factory (``uvicorn app.main:app_from_env --factory``)."""
     return create_app()
-

@@ -106,9 +106,7 @@ class ReadModel:
             return _cut(rows, limit)
         return self._old_page(entity, client_id, after, limit)
 
-    def _old_page(
-        self, entity: Entity, client_id: str, after: str | None, limit: int
-    ) -> Page:
+    def _old_page(self, entity: Entity, client_id: str, after: str | None, limit: int) -> Page:
         """Live documents after ``after``: RethinkDB pages include tombstones, so read on
         until ``limit + 1`` live ones are found or the client's range ends."""
         live: list[Row] = []

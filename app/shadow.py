@@ -132,7 +132,8 @@ class MismatchRecorder:
             params.append(client_id)
         sql = d.limit(
             f"SELECT {', '.join(q(n) for n in names)} FROM {q(MISMATCHES.name)} "
-            f"WHERE {' AND '.join(where)} ORDER BY {q('detected_at')} DESC", limit
+            f"WHERE {' AND '.join(where)} ORDER BY {q('detected_at')} DESC",
+            limit,
         )
         if not self._ready:
             self._store.ensure_schema([MISMATCHES])
@@ -141,8 +142,9 @@ class MismatchRecorder:
             cur.execute(sql, params)
             rows = cur.fetchall()
         return [
-            Mismatch(**{c.name: d.from_db(c.kind, v) for c, v in zip(MISMATCHES.columns, r,
-                                                                     strict=True)})
+            Mismatch(
+                **{c.name: d.from_db(c.kind, v) for c, v in zip(MISMATCHES.columns, r, strict=True)}
+            )
             for r in rows
         ]
 
@@ -150,9 +152,7 @@ class MismatchRecorder:
 class ShadowComparer:
     """A bounded queue and a few threads comparing served reads with the other store."""
 
-    def __init__(
-        self, reads: ReadModel, recorder: MismatchRecorder, options: Settings
-    ) -> None:
+    def __init__(self, reads: ReadModel, recorder: MismatchRecorder, options: Settings) -> None:
         self._reads = reads
         self._recorder = recorder
         self._options = options
@@ -203,23 +203,44 @@ class ShadowComparer:
             DROPPED.labels(job.entity.name).inc()
 
     def page_served(
-        self, stage: Stage, served: StoreName, entity: Entity, client_id: str,
-        after: str | None, limit: int, rows: list[Row], next_after: str | None,
+        self,
+        stage: Stage,
+        served: StoreName,
+        entity: Entity,
+        client_id: str,
+        after: str | None,
+        limit: int,
+        rows: list[Row],
+        next_after: str | None,
     ) -> None:
         """Queue a comparison of a served page (if sampled); never blocks, never raises."""
         if not self._sampled(stage):
             return
-        self._submit(_Job(entity, client_id, stage, served, {r.key: r for r in rows},
-                          after=after, upper=next_after, limit=limit))
+        self._submit(
+            _Job(
+                entity,
+                client_id,
+                stage,
+                served,
+                {r.key: r for r in rows},
+                after=after,
+                upper=next_after,
+                limit=limit,
+            )
+        )
 
     def item_served(
-        self, stage: Stage, served: StoreName, entity: Entity, client_id: str, key: str,
+        self,
+        stage: Stage,
+        served: StoreName,
+        entity: Entity,
+        client_id: str,
+        key: str,
         row: Row | None,
     ) -> None:
         if not self._sampled(stage):
             return
-        self._submit(_Job(entity, client_id, stage, served,
-                          {row.key: row} if row else {}, key=key))
+        self._submit(_Job(entity, client_id, stage, served, {row.key: row} if row else {}, key=key))
 
     # -- the worker side --------------------------------------------------------------
     def _work(self) -> None:
@@ -274,9 +295,16 @@ class ShadowComparer:
             return
         COMPARISONS.labels(entity, job.stage.value, "mismatch").inc()
         records = [
-            Mismatch(entity, job.client_id, key, kind, fields,
-                     old.version if old else None, new.version if new else None,
-                     job.stage.value)
+            Mismatch(
+                entity,
+                job.client_id,
+                key,
+                kind,
+                fields,
+                old.version if old else None,
+                new.version if new else None,
+                job.stage.value,
+            )
             for key, (kind, fields, old, new) in diffs.items()
         ]
         for m in records:

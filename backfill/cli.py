@@ -54,13 +54,16 @@ def _clients(client: tuple[str, ...], clients_file: Path | None) -> list[str] | 
 
 
 _EXPORT = click.option(
-    "--from-export", "export", type=click.Path(exists=True, file_okay=False, path_type=Path),
+    "--from-export",
+    "export",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
     help="Read a `rethinkdb export` folder (<db>/<table>.json or .jsonl) instead of the live "
     "RethinkDB named by the CUTOVER_RETHINKDB_* settings.",
 )
 _CLIENT = click.option("--client", "client", multiple=True, help="Only this client (repeatable).")
 _CLIENTS_FILE = click.option(
-    "--clients-file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    "--clients-file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
     help="Only the clients listed in this file, one id per line (# comments allowed).",
 )
 
@@ -83,26 +86,61 @@ def backfill() -> None:
 @click.argument("entity")
 @_CLIENT
 @_CLIENTS_FILE
-@click.option("--active-first", "active_first", is_flag=False, flag_value="-", default=None,
-              metavar="[FILE]",
-              help="Copy the busiest clients first, so they are ready for cutover early: in "
-                   "the order of FILE (most active first, one id per line; unlisted clients "
-                   "follow), or without FILE by their number of documents.")
-@click.option("--batch", type=click.IntRange(1, 100_000), default=1000, show_default=True,
-              help="Documents per batch (and per checkpoint).")
-@click.option("--rate", type=click.FloatRange(min=0), default=DEFAULT_RATE, show_default=True,
-              help="Documents read per second from the old store, this process; 0 = no limit.")
-@click.option("--workers", type=click.IntRange(1, 64), default=1, show_default=True,
-              help="Parallel workers in this process; other machines may run the same command.")
+@click.option(
+    "--active-first",
+    "active_first",
+    is_flag=False,
+    flag_value="-",
+    default=None,
+    metavar="[FILE]",
+    help="Copy the busiest clients first, so they are ready for cutover early: in "
+    "the order of FILE (most active first, one id per line; unlisted clients "
+    "follow), or without FILE by their number of documents.",
+)
+@click.option(
+    "--batch",
+    type=click.IntRange(1, 100_000),
+    default=1000,
+    show_default=True,
+    help="Documents per batch (and per checkpoint).",
+)
+@click.option(
+    "--rate",
+    type=click.FloatRange(min=0),
+    default=DEFAULT_RATE,
+    show_default=True,
+    help="Documents read per second from the old store, this process; 0 = no limit.",
+)
+@click.option(
+    "--workers",
+    type=click.IntRange(1, 64),
+    default=1,
+    show_default=True,
+    help="Parallel workers in this process; other machines may run the same command.",
+)
 @click.option("--dry-run", is_flag=True, help="Read and map everything, write nothing.")
-@click.option("--restart", is_flag=True,
-              help="Copy again from the start even if this run completed before.")
-@click.option("--lease-ttl", type=click.FloatRange(min=1), default=60.0, show_default=True,
-              help="Seconds before a silent worker's partition may be taken over.")
+@click.option(
+    "--restart", is_flag=True, help="Copy again from the start even if this run completed before."
+)
+@click.option(
+    "--lease-ttl",
+    type=click.FloatRange(min=1),
+    default=60.0,
+    show_default=True,
+    help="Seconds before a silent worker's partition may be taken over.",
+)
 @_EXPORT
 def run_cmd(
-    entity: str, client: tuple[str, ...], clients_file: Path | None, active_first: str | None,
-    batch: int, rate: float, workers: int, dry_run: bool, restart: bool, lease_ttl: float,
+    entity: str,
+    client: tuple[str, ...],
+    clients_file: Path | None,
+    active_first: str | None,
+    batch: int,
+    rate: float,
+    workers: int,
+    dry_run: bool,
+    restart: bool,
+    lease_ttl: float,
     export: Path | None,
 ) -> None:
     """Copy ENTITY's history from the old store into the SQL store.
@@ -119,17 +157,22 @@ def run_cmd(
             raise click.BadParameter(f"no such file: {active_first}", param_hint="--active-first")
         priority = tuple(read_clients_file(active_first))
     options = Options(
-        batch=batch, rate=rate, workers=workers, clients=tuple(chosen) if chosen else None,
-        active_first=active_first is not None, priority=priority, restart=restart,
+        batch=batch,
+        rate=rate,
+        workers=workers,
+        clients=tuple(chosen) if chosen else None,
+        active_first=active_first is not None,
+        priority=priority,
+        restart=restart,
         lease_ttl_s=lease_ttl,
     )
     source = _source(rt, export)
     if active_first is not None and export is not None:
-        click.echo("note: --active-first does not apply to an export folder (read in file "
-                   "order)", err=True)
+        click.echo(
+            "note: --active-first does not apply to an export folder (read in file order)", err=True
+        )
     with _known_errors():
-        job = Backfill(rt.sql, source, ent, options,
-                       emit=lambda line: click.echo(line, err=True))
+        job = Backfill(rt.sql, source, ent, options, emit=lambda line: click.echo(line, err=True))
 
     def on_term(signum: int, frame: FrameType | None) -> None:
         job.stop()
@@ -203,15 +246,22 @@ def status_cmd(entity: str, as_json: bool) -> None:
             f"{run['bad']:,} bad"
         )
         for lease in run["leases"]:
-            click.echo(f"  {lease['part']}: leased by {lease['owner']} "
-                       f"(expires in {lease['expires_in_s']:.0f} s), at {lease['last_key']}")
+            click.echo(
+                f"  {lease['part']}: leased by {lease['owner']} "
+                f"(expires in {lease['expires_in_s']:.0f} s), at {lease['last_key']}"
+            )
     click.echo("ledger (client: state, rows copied, copied at, last verification):")
     for e in data["ledger"]:
-        verdict = ("never" if e["last_verification_clean"] is None else
-                   f"{'clean' if e['last_verification_clean'] else 'DIFFERENCES'} "
-                   f"({e['differences']}) {e['last_verification_mode']} at {e['verified_at']}")
-        click.echo(f"  {e['client']}: {e['state']}, {e['rows_copied']:,} rows, "
-                   f"{e['copied_at'] or '-'}, {verdict}")
+        verdict = (
+            "never"
+            if e["last_verification_clean"] is None
+            else f"{'clean' if e['last_verification_clean'] else 'DIFFERENCES'} "
+            f"({e['differences']}) {e['last_verification_mode']} at {e['verified_at']}"
+        )
+        click.echo(
+            f"  {e['client']}: {e['state']}, {e['rows_copied']:,} rows, "
+            f"{e['copied_at'] or '-'}, {verdict}"
+        )
 
 
 def status_data(rt: Runtime, entity: str) -> dict[str, Any]:
@@ -219,19 +269,32 @@ def status_data(rt: Runtime, entity: str) -> dict[str, Any]:
     runs = []
     for run in reversed(runs_for(rt.sql, entity)):
         parts = partitions_of(rt.sql, run.run_id)
-        runs.append({
-            "run_id": run.run_id, "status": run.status, "source": run.source,
-            "selection": run.selection, "partitions": len(parts),
-            "done": sum(p.status != PENDING for p in parts),
-            "read": sum(p.rows_read for p in parts), "applied": sum(p.rows_applied for p in parts),
-            "stale": sum(p.rows_stale for p in parts), "bad": sum(p.bad_docs for p in parts),
-            "created_at": run.created_at, "finished_at": run.finished_at,
-            "leases": [
-                {"part": p.part, "owner": p.owner, "last_key": p.last_key,
-                 "expires_in_s": (p.lease_expires - now).total_seconds()}
-                for p in parts if p.owner and p.lease_expires and p.status == PENDING
-            ],
-        })
+        runs.append(
+            {
+                "run_id": run.run_id,
+                "status": run.status,
+                "source": run.source,
+                "selection": run.selection,
+                "partitions": len(parts),
+                "done": sum(p.status != PENDING for p in parts),
+                "read": sum(p.rows_read for p in parts),
+                "applied": sum(p.rows_applied for p in parts),
+                "stale": sum(p.rows_stale for p in parts),
+                "bad": sum(p.bad_docs for p in parts),
+                "created_at": run.created_at,
+                "finished_at": run.finished_at,
+                "leases": [
+                    {
+                        "part": p.part,
+                        "owner": p.owner,
+                        "last_key": p.last_key,
+                        "expires_in_s": (p.lease_expires - now).total_seconds(),
+                    }
+                    for p in parts
+                    if p.owner and p.lease_expires and p.status == PENDING
+                ],
+            }
+        )
     return {
         "entity": entity,
         "paused": control.is_paused(rt.sql, entity),
@@ -246,16 +309,34 @@ def status_data(rt: Runtime, entity: str) -> dict[str, Any]:
 @_CLIENTS_FILE
 @click.option("--sample", type=click.IntRange(min=1), help="Check N random keys per client.")
 @click.option("--full", is_flag=True, help="Check every key (the default).")
-@click.option("--repair", is_flag=True,
-              help="Re-copy differing keys from the old store (version rules), then re-check.")
-@click.option("--report", "report_path", type=click.Path(dir_okay=False, path_type=Path),
-              help="Write the JSON report here (default: <state_dir>/reports/).")
-@click.option("--recheck-delay", type=click.FloatRange(min=0), default=5.0, show_default=True,
-              help="Seconds before re-reading differences that may be in flight.")
+@click.option(
+    "--repair",
+    is_flag=True,
+    help="Re-copy differing keys from the old store (version rules), then re-check.",
+)
+@click.option(
+    "--report",
+    "report_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write the JSON report here (default: <state_dir>/reports/).",
+)
+@click.option(
+    "--recheck-delay",
+    type=click.FloatRange(min=0),
+    default=5.0,
+    show_default=True,
+    help="Seconds before re-reading differences that may be in flight.",
+)
 @_EXPORT
 def verify(
-    entity: str, client: tuple[str, ...], clients_file: Path | None, sample: int | None,
-    full: bool, repair: bool, report_path: Path | None, recheck_delay: float,
+    entity: str,
+    client: tuple[str, ...],
+    clients_file: Path | None,
+    sample: int | None,
+    full: bool,
+    repair: bool,
+    report_path: Path | None,
+    recheck_delay: float,
     export: Path | None,
 ) -> None:
     """Prove the old and the SQL store agree for ENTITY, client by client.
@@ -273,11 +354,17 @@ def verify(
     rt = Runtime()
     ent = rt.cfg.entity(entity)
     ledger.ensure_tables(rt.sql)
-    verifier = Verifier(rt.sql, _source(rt, export), ent, recheck_delay_s=recheck_delay,
-                        emit=lambda line: click.echo(line, err=True))
+    verifier = Verifier(
+        rt.sql,
+        _source(rt, export),
+        ent,
+        recheck_delay_s=recheck_delay,
+        emit=lambda line: click.echo(line, err=True),
+    )
     with _known_errors():
-        report = verifier.run(_clients(client, clients_file), sample=sample, repair=repair,
-                              record=False)
+        report = verifier.run(
+            _clients(client, clients_file), sample=sample, repair=repair, record=False
+        )
     if report_path is None:
         stamp = report.started_at.strftime("%Y%m%dT%H%M%SZ")
         report_path = rt.settings.state_dir / "reports" / f"verify-{entity}-{stamp}.json"
@@ -309,14 +396,14 @@ class _Standalone(click.Group):
 
         try:
             return super().invoke(ctx)
-        except (ConfigError, StoreUnavailable, RethinkUnavailable, EventError,
-                MappingError) as exc:
+        except (ConfigError, StoreUnavailable, RethinkUnavailable, EventError, MappingError) as exc:
             click.secho(f"error: {redact(str(exc))}", fg="red", err=True)
             sys.exit(2)
 
 
 standalone = _Standalone(
-    "cutover", commands={"backfill": backfill, "verify": verify},
+    "cutover",
+    commands={"backfill": backfill, "verify": verify},
     help="cutover's backfill and verification commands, standalone.",
 )
 

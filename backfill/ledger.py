@@ -106,20 +106,32 @@ def entries(sql_store: SqlStore, entity_name: str) -> list[LedgerEntry]:
     """Every client of an entity the ledger knows, by client id."""
     ensure_tables(sql_store)
     with sql_store.transaction() as cur:
-        recs = _db.select(cur, sql_store.dialect, LEDGER, {"entity": entity_name},
-                          order_by=("client",))
+        recs = _db.select(
+            cur, sql_store.dialect, LEDGER, {"entity": entity_name}, order_by=("client",)
+        )
     return [LedgerEntry.from_record(r) for r in recs]
 
 
 # -- writes (inside the caller's transaction) ------------------------------------------------
 def start_copy(
-    cur: Any, d: Dialect, entity: str, client: str, run_id: str, est_rows: int | None,
+    cur: Any,
+    d: Dialect,
+    entity: str,
+    client: str,
+    run_id: str,
+    est_rows: int | None,
     now: datetime,
 ) -> None:
     """A run starts copying a client: counts restart from zero for that run."""
     values = {
-        "state": COPYING, "run_id": run_id, "rows_copied": 0, "rows_source": est_rows,
-        "copy_started_at": now, "copied_at": None, "copy_seconds": None, "updated_at": now,
+        "state": COPYING,
+        "run_id": run_id,
+        "rows_copied": 0,
+        "rows_source": est_rows,
+        "copy_started_at": now,
+        "copied_at": None,
+        "copy_seconds": None,
+        "updated_at": now,
     }
     if not _db.update(cur, d, LEDGER, values, {"entity": entity, "client": client}):
         _db.insert(cur, d, LEDGER, {"entity": entity, "client": client, **values})
@@ -132,8 +144,9 @@ def add_rows(
     for client in sorted(counts):  # one lock order for every writer: no deadlocks
         n = counts[client]
         where = {"entity": entity, "client": client}
-        if _db.update(cur, d, LEDGER, {"updated_at": now}, {**where, "run_id": run_id},
-                      add={"rows_copied": n}):
+        if _db.update(
+            cur, d, LEDGER, {"updated_at": now}, {**where, "run_id": run_id}, add={"rows_copied": n}
+        ):
             continue
         start_copy(cur, d, entity, client, run_id, None, now)
         _db.update(cur, d, LEDGER, {}, where, add={"rows_copied": n})
@@ -151,7 +164,9 @@ def mark_copied(
         started = rec["copy_started_at"]
         seconds = (now - started).total_seconds() if started else None
         _db.update(
-            cur, d, LEDGER,
+            cur,
+            d,
+            LEDGER,
             {"state": COPIED, "copied_at": now, "copy_seconds": seconds, "updated_at": now},
             {"entity": entity, "client": rec["client"], "run_id": run_id, "state": COPYING},
         )
@@ -160,8 +175,16 @@ def mark_copied(
 
 
 def record_verification(
-    cur: Any, d: Dialect, entity: str, client: str, *, clean: bool, mode: str,
-    differences: int, rows_checked: int, finished_at: datetime | None = None,
+    cur: Any,
+    d: Dialect,
+    entity: str,
+    client: str,
+    *,
+    clean: bool,
+    mode: str,
+    differences: int,
+    rows_checked: int,
+    finished_at: datetime | None = None,
 ) -> None:
     """Store a verification's result; only a clean full one makes a client ``verified``."""
     now = finished_at or now_utc()
@@ -173,9 +196,13 @@ def record_verification(
     elif not clean and state == VERIFIED:
         state = COPIED
     values: dict[str, Any] = {
-        "state": state, "verified_at": now, "last_verification_clean": clean,
-        "last_verification_mode": mode, "differences": differences,
-        "rows_checked": rows_checked, "updated_at": now,
+        "state": state,
+        "verified_at": now,
+        "last_verification_clean": clean,
+        "last_verification_mode": mode,
+        "differences": differences,
+        "rows_checked": rows_checked,
+        "updated_at": now,
     }
     if clean:
         values["last_clean_at"] = now

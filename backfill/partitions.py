@@ -74,13 +74,24 @@ class Partition:
     @classmethod
     def from_record(cls, rec: dict[str, Any]) -> Partition:
         return cls(
-            run_id=rec["run_id"], part=rec["part"], entity=rec["entity"], ord=int(rec["ord"]),
-            client=rec["client"], spec=rec["spec"] or {}, status=rec["status"],
-            owner=rec["owner"], lease_expires=rec["lease_expires"], position=rec["position"],
-            last_key=rec["last_key"], est_rows=int(rec["est_rows"] or 0),
-            rows_read=int(rec["rows_read"] or 0), rows_applied=int(rec["rows_applied"] or 0),
-            rows_stale=int(rec["rows_stale"] or 0), bad_docs=int(rec["bad_docs"] or 0),
-            batches=int(rec["batches"] or 0), started_at=rec["started_at"],
+            run_id=rec["run_id"],
+            part=rec["part"],
+            entity=rec["entity"],
+            ord=int(rec["ord"]),
+            client=rec["client"],
+            spec=rec["spec"] or {},
+            status=rec["status"],
+            owner=rec["owner"],
+            lease_expires=rec["lease_expires"],
+            position=rec["position"],
+            last_key=rec["last_key"],
+            est_rows=int(rec["est_rows"] or 0),
+            rows_read=int(rec["rows_read"] or 0),
+            rows_applied=int(rec["rows_applied"] or 0),
+            rows_stale=int(rec["rows_stale"] or 0),
+            bad_docs=int(rec["bad_docs"] or 0),
+            batches=int(rec["batches"] or 0),
+            started_at=rec["started_at"],
             finished_at=rec["finished_at"],
         )
 
@@ -99,10 +110,14 @@ class Run:
     @classmethod
     def from_record(cls, rec: dict[str, Any]) -> Run:
         return cls(
-            run_id=rec["run_id"], entity=rec["entity"], source=json.loads(rec["source"] or "{}"),
+            run_id=rec["run_id"],
+            entity=rec["entity"],
+            source=json.loads(rec["source"] or "{}"),
             selection=json.loads(rec["selection"]) if rec["selection"] else None,
-            status=rec["status"], partitions=int(rec["partitions"] or 0),
-            created_at=rec["created_at"], finished_at=rec["finished_at"],
+            status=rec["status"],
+            partitions=int(rec["partitions"] or 0),
+            created_at=rec["created_at"],
+            finished_at=rec["finished_at"],
         )
 
 
@@ -155,20 +170,45 @@ def ensure_run(
     now = now_utc()
     d = sql.dialect
     with sql.transaction() as cur:
-        fresh = _db.insert_missing(cur, d, RUNS, {
-            "run_id": run_id, "entity": entity, "source": json.dumps(source),
-            "selection": json.dumps(list(selection)) if selection is not None else None,
-            "status": RUNNING, "partitions": len(planned), "created_at": now,
-            "updated_at": now, "finished_at": None,
-        })
+        fresh = _db.insert_missing(
+            cur,
+            d,
+            RUNS,
+            {
+                "run_id": run_id,
+                "entity": entity,
+                "source": json.dumps(source),
+                "selection": json.dumps(list(selection)) if selection is not None else None,
+                "status": RUNNING,
+                "partitions": len(planned),
+                "created_at": now,
+                "updated_at": now,
+                "finished_at": None,
+            },
+        )
         if fresh:
             for i, p in enumerate(planned):
-                _db.insert(cur, d, PARTITIONS, {
-                    "run_id": run_id, "part": p.part, "entity": entity, "ord": i,
-                    "client": p.client, "spec": p.spec, "status": PENDING, "est_rows": p.est_rows,
-                    "rows_read": 0, "rows_applied": 0, "rows_stale": 0, "bad_docs": 0,
-                    "batches": 0, "updated_at": now,
-                })
+                _db.insert(
+                    cur,
+                    d,
+                    PARTITIONS,
+                    {
+                        "run_id": run_id,
+                        "part": p.part,
+                        "entity": entity,
+                        "ord": i,
+                        "client": p.client,
+                        "spec": p.spec,
+                        "status": PENDING,
+                        "est_rows": p.est_rows,
+                        "rows_read": 0,
+                        "rows_applied": 0,
+                        "rows_stale": 0,
+                        "bad_docs": 0,
+                        "batches": 0,
+                        "updated_at": now,
+                    },
+                )
             clients = {p.client: p.est_rows for p in planned if p.client}
             for client in selection or ():
                 clients.setdefault(client, 0)
@@ -185,8 +225,11 @@ def _forget(sql: SqlStore, run_id: str) -> None:
     with sql.transaction() as cur:
         pending = _db.select(cur, sql.dialect, PARTITIONS, {"run_id": run_id, "status": PENDING})
         live = [
-            p for p in pending
-            if p["owner"] and p["lease_expires"] and p["lease_expires"] > now
+            p
+            for p in pending
+            if p["owner"]
+            and p["lease_expires"]
+            and p["lease_expires"] > now
             and not _owner_gone(p["owner"])
         ]
         if live:
@@ -211,7 +254,10 @@ def finish_run_if_complete(sql: SqlStore, run_id: str, entity: str) -> bool:
     q = d.quote
     with sql.transaction() as cur:
         if not _db.update(
-            cur, d, RUNS, {"status": DONE, "finished_at": now, "updated_at": now},
+            cur,
+            d,
+            RUNS,
+            {"status": DONE, "finished_at": now, "updated_at": now},
             {"run_id": run_id, "status": RUNNING},
             extra=f"NOT EXISTS (SELECT 1 FROM {q(PARTITIONS.name)} WHERE {q('run_id')} = ? "
             f"AND {q('status')} = ?)",
@@ -263,14 +309,24 @@ class Leases:
         now = now_utc()
         with self.sql.transaction() as cur:
             free = _db.select(
-                cur, d, PARTITIONS, {"run_id": self.run_id, "status": PENDING},
+                cur,
+                d,
+                PARTITIONS,
+                {"run_id": self.run_id, "status": PENDING},
                 extra=f"{q('owner')} IS NULL OR {q('lease_expires')} < ?",
-                extra_params=[d.to_db("datetime", now)], order_by=("ord",), limit=50,
+                extra_params=[d.to_db("datetime", now)],
+                order_by=("ord",),
+                limit=50,
             )
             held = _db.select(
-                cur, d, PARTITIONS, {"run_id": self.run_id, "status": PENDING},
-                extra=f"{q('owner')} LIKE ?", extra_params=[socket.gethostname()[:150] + "/%"],
-                order_by=("ord",), limit=200,
+                cur,
+                d,
+                PARTITIONS,
+                {"run_id": self.run_id, "status": PENDING},
+                extra=f"{q('owner')} LIKE ?",
+                extra_params=[socket.gethostname()[:150] + "/%"],
+                order_by=("ord",),
+                limit=200,
             )
         candidates = [(p, None) for p in free]
         candidates += [(p, p["owner"]) for p in held if _owner_gone(p["owner"])]
@@ -293,13 +349,18 @@ class Leases:
                 won = _db.update(cur, d, PARTITIONS, values, {**where, "owner": dead_owner})
             else:
                 won = _db.update(
-                    cur, d, PARTITIONS, values, where,
+                    cur,
+                    d,
+                    PARTITIONS,
+                    values,
+                    where,
                     extra=f"{q('owner')} IS NULL OR {q('lease_expires')} < ?",
                     extra_params=[d.to_db("datetime", now)],
                 )
             if won:
-                _db.update(cur, d, PARTITIONS, {"started_at": now}, {**self._key(part),
-                           "started_at": None})
+                _db.update(
+                    cur, d, PARTITIONS, {"started_at": now}, {**self._key(part), "started_at": None}
+                )
         return bool(won)
 
     def checkpoint(
@@ -323,17 +384,27 @@ class Leases:
         d = self.sql.dialect
         now = now_utc()
         values: dict[str, Any] = {
-            "position": position, "lease_expires": now + self.ttl, "updated_at": now,
+            "position": position,
+            "lease_expires": now + self.ttl,
+            "updated_at": now,
         }
         if last_key is not None:
             values["last_key"] = last_key
         if done:
             values.update(status=DONE, finished_at=now, owner=None, lease_expires=None)
         changed = _db.update(
-            cur, d, PARTITIONS, values,
+            cur,
+            d,
+            PARTITIONS,
+            values,
             {**self._key(part), "owner": self.owner, "status": PENDING},
-            add={"rows_read": read, "rows_applied": applied, "rows_stale": stale,
-                 "bad_docs": bad, "batches": 1},
+            add={
+                "rows_read": read,
+                "rows_applied": applied,
+                "rows_stale": stale,
+                "bad_docs": bad,
+                "batches": 1,
+            },
         )
         if not changed:
             raise LeaseLost(f"partition {part} of run {self.run_id} is no longer ours")
@@ -342,23 +413,32 @@ class Leases:
         """Keep the lease while paused; False when it was taken over meanwhile."""
         now = now_utc()
         with self.sql.transaction() as cur:
-            return bool(_db.update(
-                cur, self.sql.dialect, PARTITIONS,
-                {"lease_expires": now + self.ttl, "updated_at": now},
-                {**self._key(part), "owner": self.owner, "status": PENDING},
-            ))
+            return bool(
+                _db.update(
+                    cur,
+                    self.sql.dialect,
+                    PARTITIONS,
+                    {"lease_expires": now + self.ttl, "updated_at": now},
+                    {**self._key(part), "owner": self.owner, "status": PENDING},
+                )
+            )
 
     def release(self, part: str) -> None:
         """Give a partition back (stop, Ctrl-C) so another worker can go on at once."""
         now = now_utc()
         with self.sql.transaction() as cur:
             _db.update(
-                cur, self.sql.dialect, PARTITIONS,
+                cur,
+                self.sql.dialect,
+                PARTITIONS,
                 {"owner": None, "lease_expires": None, "updated_at": now},
                 {**self._key(part), "owner": self.owner},
             )
 
     def pending(self) -> int:
         with self.sql.transaction() as cur:
-            return len(_db.select(cur, self.sql.dialect, PARTITIONS,
-                                  {"run_id": self.run_id, "status": PENDING}))
+            return len(
+                _db.select(
+                    cur, self.sql.dialect, PARTITIONS, {"run_id": self.run_id, "status": PENDING}
+                )
+            )

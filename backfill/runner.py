@@ -101,8 +101,10 @@ class Summary:
         mode = " (dry run: nothing written)" if self.dry_run else ""
         rate = self.session_rows / self.seconds if self.seconds > 0 else 0.0
         state = (
-            "complete" if self.complete
-            else "stopped; run the same command again to resume" if self.stopped
+            "complete"
+            if self.complete
+            else "stopped; run the same command again to resume"
+            if self.stopped
             else "incomplete"
         )
         out = [
@@ -162,20 +164,28 @@ def map_documents(
     counts: dict[str, int] = {}
     for i, doc in enumerate(docs):
         if not isinstance(doc, dict):
-            bad.append(BadDoc(_ref(None, locate(i)), None, None,
-                              f"not a JSON object ({type(doc).__name__}) at {locate(i)}"))
+            bad.append(
+                BadDoc(
+                    _ref(None, locate(i)),
+                    None,
+                    None,
+                    f"not a JSON object ({type(doc).__name__}) at {locate(i)}",
+                )
+            )
             continue
         try:
             row = row_from_document(entity, doc)
         except MappingError as exc:
             key = doc.get(entity.key)
             client = doc.get(entity.client)
-            bad.append(BadDoc(
-                _ref(key, locate(i)),
-                key if isinstance(key, str) else (json.dumps(key) if key is not None else None),
-                client if isinstance(client, str) else None,
-                f"{exc}" + ("" if key is not None else f" (at {locate(i)})"),
-            ))
+            bad.append(
+                BadDoc(
+                    _ref(key, locate(i)),
+                    key if isinstance(key, str) else (json.dumps(key) if key is not None else None),
+                    client if isinstance(client, str) else None,
+                    f"{exc}" + ("" if key is not None else f" (at {locate(i)})"),
+                )
+            )
             continue
         rows.append(row)
         counts[row.client_id] = counts.get(row.client_id, 0) + 1
@@ -217,14 +227,23 @@ class Backfill:
     # -- the run ------------------------------------------------------------------------
     def run(self) -> Summary:
         self._retry(lambda: ledger.ensure_tables(self.sql))
-        run, _ = self._retry(lambda: ensure_run(
-            self.sql, self.run_id, self.entity.name, self.source.describe(), self.opt.clients,
-            lambda: self.source.plan(
-                self.entity, self.opt.clients, workers=self.opt.workers,
-                active_first=self.opt.active_first, priority=self.opt.priority,
-            ),
-            restart=self.opt.restart,
-        ))
+        run, _ = self._retry(
+            lambda: ensure_run(
+                self.sql,
+                self.run_id,
+                self.entity.name,
+                self.source.describe(),
+                self.opt.clients,
+                lambda: self.source.plan(
+                    self.entity,
+                    self.opt.clients,
+                    workers=self.opt.workers,
+                    active_first=self.opt.active_first,
+                    priority=self.opt.priority,
+                ),
+                restart=self.opt.restart,
+            )
+        )
         started = time.monotonic()
         if run.status == DONE:
             summary = self._summary(run, started)
@@ -258,16 +277,23 @@ class Backfill:
     def _summary(self, run: Run, started: float) -> Summary:
         parts = partitions_of(self.sql, self.run_id)
         with self.sql.transaction() as cur:
-            bad = _db.select(cur, self.sql.dialect, BAD_DOCS, {"run_id": self.run_id},
-                             order_by=("ref",))
+            bad = _db.select(
+                cur, self.sql.dialect, BAD_DOCS, {"run_id": self.run_id}, order_by=("ref",)
+            )
         return Summary(
-            run_id=self.run_id, entity=self.entity.name, source=self.source.describe(),
-            partitions=len(parts), partitions_done=sum(p.status == DONE for p in parts),
-            read=sum(p.rows_read for p in parts), applied=sum(p.rows_applied for p in parts),
+            run_id=self.run_id,
+            entity=self.entity.name,
+            source=self.source.describe(),
+            partitions=len(parts),
+            partitions_done=sum(p.status == DONE for p in parts),
+            read=sum(p.rows_read for p in parts),
+            applied=sum(p.rows_applied for p in parts),
             stale=sum(p.rows_stale for p in parts),
             bad=[BadDoc(b["ref"], b["doc_key"], b["client"], b["error"]) for b in bad],
-            session_rows=self._session, seconds=time.monotonic() - started,
-            complete=run.status == DONE, stopped=self._stop.is_set() and run.status != DONE,
+            session_rows=self._session,
+            seconds=time.monotonic() - started,
+            complete=run.status == DONE,
+            stopped=self._stop.is_set() and run.status != DONE,
         )
 
     def _worker(self, index: int) -> None:
@@ -315,8 +341,11 @@ class Backfill:
                     continue
                 rows, bad, counts, last_key = map_documents(self.entity, batch.docs, batch.locate)
                 try:
-                    self._retry(functools.partial(
-                        self._commit, leases, part, batch, rows, bad, counts, last_key))
+                    self._retry(
+                        functools.partial(
+                            self._commit, leases, part, batch, rows, bad, counts, last_key
+                        )
+                    )
                 except LeaseLost as exc:
                     self.emit(f"{exc}; leaving it to its new owner")
                     return
@@ -335,8 +364,14 @@ class Backfill:
             reader.close()
 
     def _commit(
-        self, leases: Leases, part: Partition, batch: Batch, rows: list[Row], bad: list[BadDoc],
-        counts: dict[str, int], last_key: str | None,
+        self,
+        leases: Leases,
+        part: Partition,
+        batch: Batch,
+        rows: list[Row],
+        bad: list[BadDoc],
+        counts: dict[str, int],
+        last_key: str | None,
     ) -> WriteResult:
         """Rows, bad-document records, ledger counts and checkpoint: one transaction."""
         d = self.sql.dialect
@@ -344,16 +379,32 @@ class Backfill:
         with self.sql.transaction() as cur:
             result = self.sql.apply(self.entity, rows, cursor=cur) if rows else WriteResult()
             for b in bad:
-                _db.insert_missing(cur, d, BAD_DOCS, {
-                    "run_id": self.run_id, "ref": b.ref, "entity": self.entity.name,
-                    "doc_key": b.key, "client": b.client, "error": b.error, "recorded_at": now,
-                })
+                _db.insert_missing(
+                    cur,
+                    d,
+                    BAD_DOCS,
+                    {
+                        "run_id": self.run_id,
+                        "ref": b.ref,
+                        "entity": self.entity.name,
+                        "doc_key": b.key,
+                        "client": b.client,
+                        "error": b.error,
+                        "recorded_at": now,
+                    },
+                )
             if counts:
                 ledger.add_rows(cur, d, self.entity.name, self.run_id, counts, now)
             leases.checkpoint(
-                cur, part.part, position=batch.position, last_key=last_key,
-                read=len(batch.docs) + batch.skipped, applied=result.applied,
-                stale=result.stale, bad=len(bad), done=batch.exhausted,
+                cur,
+                part.part,
+                position=batch.position,
+                last_key=last_key,
+                read=len(batch.docs) + batch.skipped,
+                applied=result.applied,
+                stale=result.stale,
+                bad=len(bad),
+                done=batch.exhausted,
             )
             if batch.exhausted and part.client is not None:
                 ledger.mark_copied(cur, d, self.entity.name, self.run_id, now, client=part.client)
@@ -401,12 +452,20 @@ class Backfill:
         """Read and map everything, write nothing: counts and bad documents up front."""
         started = time.monotonic()
         plan = self.source.plan(
-            self.entity, self.opt.clients, workers=1, active_first=self.opt.active_first,
+            self.entity,
+            self.opt.clients,
+            workers=1,
+            active_first=self.opt.active_first,
             priority=self.opt.priority,
         )
         clients = frozenset(self.opt.clients) if self.opt.clients is not None else None
-        summary = Summary(self.run_id, self.entity.name, self.source.describe(), dry_run=True,
-                          partitions=len(plan))
+        summary = Summary(
+            self.run_id,
+            self.entity.name,
+            self.source.describe(),
+            dry_run=True,
+            partitions=len(plan),
+        )
         progress = self._progress_factory(
             f"dry run {self.entity.name}", sum(p.est_rows for p in plan) or None, 0
         )

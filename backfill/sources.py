@@ -85,12 +85,20 @@ class Source(Protocol):
         ...
 
     def plan(
-        self, entity: Entity, clients: Sequence[str] | None, *, workers: int, active_first: bool,
+        self,
+        entity: Entity,
+        clients: Sequence[str] | None,
+        *,
+        workers: int,
+        active_first: bool,
         priority: Sequence[str] = (),
     ) -> list[PlannedPartition]: ...
 
     def open(
-        self, entity: Entity, spec: dict[str, Any], position: str | None,
+        self,
+        entity: Entity,
+        spec: dict[str, Any],
+        position: str | None,
         clients: frozenset[str] | None,
     ) -> Reader: ...
 
@@ -131,7 +139,12 @@ class RethinkSource:
         return f"rethinkdb:{entity.rethinkdb_db}.{entity.rethinkdb_table}"
 
     def plan(
-        self, entity: Entity, clients: Sequence[str] | None, *, workers: int, active_first: bool,
+        self,
+        entity: Entity,
+        clients: Sequence[str] | None,
+        *,
+        workers: int,
+        active_first: bool,
         priority: Sequence[str] = (),
     ) -> list[PlannedPartition]:
         if clients is not None:
@@ -150,7 +163,10 @@ class RethinkSource:
         return plan
 
     def open(
-        self, entity: Entity, spec: dict[str, Any], position: str | None,
+        self,
+        entity: Entity,
+        spec: dict[str, Any],
+        position: str | None,
         clients: frozenset[str] | None,
     ) -> Reader:
         after = json.loads(position) if position is not None else None
@@ -173,9 +189,11 @@ class RethinkSource:
         return sorted(c for c in self.store.count_per_client(entity) if isinstance(c, str) and c)
 
     def sample_keys(self, entity: Entity, client: str, n: int, seed: int) -> list[Any]:
-        query = self.store.table(entity).between(
-            [client, r.minval], [client, r.maxval], index=entity.client_index
-        ).sample(int(n))
+        query = (
+            self.store.table(entity)
+            .between([client, r.minval], [client, r.maxval], index=entity.client_index)
+            .sample(int(n))
+        )
         with self.store.connection() as conn:
             docs = list(query.run(conn))
         # reqlite wraps each sampled document in a list; RethinkDB does not.
@@ -187,11 +205,20 @@ class _RethinkReader:
     """One client's documents via the client index, or the sweep of client-less ones."""
 
     def __init__(
-        self, store: RethinkStore, entity: Entity, client: str | None, after: Any, *,
+        self,
+        store: RethinkStore,
+        entity: Entity,
+        client: str | None,
+        after: Any,
+        *,
         sweep: bool = False,
     ) -> None:
         self.store, self.entity, self.client, self.after, self.sweep = (
-            store, entity, client, after, sweep,
+            store,
+            entity,
+            client,
+            after,
+            sweep,
         )
 
     def next_batch(self, limit: int) -> Batch:
@@ -206,8 +233,10 @@ class _RethinkReader:
 
         def locate(i: int) -> str:
             doc = docs[i]
-            return f"key {json.dumps(doc.get(key) if isinstance(doc, dict) else None)} " \
+            return (
+                f"key {json.dumps(doc.get(key) if isinstance(doc, dict) else None)} "
                 f"(after {json.dumps(previous)})"
+            )
 
         return Batch(
             docs,
@@ -397,7 +426,12 @@ class ExportSource:
 
     # -- backfill ---------------------------------------------------------------------
     def plan(
-        self, entity: Entity, clients: Sequence[str] | None, *, workers: int, active_first: bool,
+        self,
+        entity: Entity,
+        clients: Sequence[str] | None,
+        *,
+        workers: int,
+        active_first: bool,
         priority: Sequence[str] = (),
     ) -> list[PlannedPartition]:
         path = find_table_file(self.folder, entity)
@@ -413,8 +447,11 @@ class ExportSource:
                 est = int((end - start) / bytes_per_doc) if bytes_per_doc else 0
                 spec = {"kind": "bytes", "file": path.name, "start": start, "end": end}
                 plan.append(PlannedPartition(f"bytes:{start:015d}", spec, None, est))
-        return plan or [PlannedPartition("bytes:0", {"kind": "bytes", "file": path.name,
-                                                      "start": 0, "end": size}, None, 0)]
+        return plan or [
+            PlannedPartition(
+                "bytes:0", {"kind": "bytes", "file": path.name, "start": 0, "end": size}, None, 0
+            )
+        ]
 
     def _probe(self, path: Path) -> tuple[bool, float]:
         """Whether the file has one document per line, and the average bytes per doc."""
@@ -446,7 +483,10 @@ class ExportSource:
             return _line_is_document(fh.readline())
 
     def open(
-        self, entity: Entity, spec: dict[str, Any], position: str | None,
+        self,
+        entity: Entity,
+        spec: dict[str, Any],
+        position: str | None,
         clients: frozenset[str] | None,
     ) -> Reader:
         if spec.get("kind") != "bytes":

@@ -48,7 +48,11 @@ from .sources import Source, SourceError
 from .tables import VERIFICATIONS
 
 MISSING, EXTRA, VERSION, FIELDS, BAD = (
-    "missing_in_new", "extra_in_new", "version_mismatch", "field_mismatch", "bad_in_old",
+    "missing_in_new",
+    "extra_in_new",
+    "version_mismatch",
+    "field_mismatch",
+    "bad_in_old",
 )
 KINDS = (MISSING, EXTRA, VERSION, FIELDS, BAD)
 
@@ -191,25 +195,38 @@ def map_old(entity: Entity, doc: Any) -> Row | BadOld:
         return BadOld(str(exc), client if isinstance(client, str) else "")
 
 
-def classify(entity: Entity, key: str, old: Row | BadOld | None, new: Row | None,
-             client_hint: str = "") -> Difference | None:
+def classify(
+    entity: Entity, key: str, old: Row | BadOld | None, new: Row | None, client_hint: str = ""
+) -> Difference | None:
     """The difference between one key's old and new state, or None when they agree."""
     if (
-        type(old) is Row and new is not None and old.version == new.version
-        and old.deleted == new.deleted and old.client_id == new.client_id
+        type(old) is Row
+        and new is not None
+        and old.version == new.version
+        and old.deleted == new.deleted
+        and old.client_id == new.client_id
         and (old.deleted or old.values == new.values)
     ):
         return None  # the common case, decided without building anything
     if isinstance(old, BadOld):
         client = old.client or (new.client_id if new else client_hint)
-        return Difference(key, client, BAD, detail=old.reason,
-                          new_version=new.version if new else None,
-                          new_deleted=new.deleted if new else None)
+        return Difference(
+            key,
+            client,
+            BAD,
+            detail=old.reason,
+            new_version=new.version if new else None,
+            new_deleted=new.deleted if new else None,
+        )
     client = (old.client_id if old else None) or (new.client_id if new else client_hint)
     diff = Difference(
-        key, client, "",
-        old_version=old.version if old else None, old_deleted=old.deleted if old else None,
-        new_version=new.version if new else None, new_deleted=new.deleted if new else None,
+        key,
+        client,
+        "",
+        old_version=old.version if old else None,
+        old_deleted=old.deleted if old else None,
+        new_version=new.version if new else None,
+        new_deleted=new.deleted if new else None,
     )
     old_live = old is not None and not old.deleted
     new_live = new is not None and not new.deleted
@@ -361,10 +378,14 @@ class Verifier:
     ) -> Report:
         started = time.monotonic()
         report = Report(
-            verification_id=uuid.uuid4().hex[:16], entity=self.entity.name,
-            mode="sample" if sample else "full", sample=sample,
-            old_source=self.old.describe(), new_store=self.sql.dialect.name,
-            started_at=now_utc(), repair=repair,
+            verification_id=uuid.uuid4().hex[:16],
+            entity=self.entity.name,
+            mode="sample" if sample else "full",
+            sample=sample,
+            old_source=self.old.describe(),
+            new_store=self.sql.dialect.name,
+            started_at=now_utc(),
+            repair=repair,
         )
         for client in clients or ():
             report.clients[client] = ClientResult(client)
@@ -390,20 +411,25 @@ class Verifier:
 
     # -- full scan -------------------------------------------------------------------------
     def _full(self, report: Report, clients: Sequence[str] | None) -> dict[str, Difference]:
-        total = self.sql.count(self.entity, include_deleted=True) if clients is None else sum(
-            self.sql.count(self.entity, c, include_deleted=True) for c in clients
+        total = (
+            self.sql.count(self.entity, include_deleted=True)
+            if clients is None
+            else sum(self.sql.count(self.entity, c, include_deleted=True) for c in clients)
         )
         progress = self._progress(f"verify {self.entity.name}", total or None, 0)
         candidates: dict[str, Difference] = {}
         try:
-            for client in ([None] if clients is None else list(clients)):
+            for client in [None] if clients is None else list(clients):
                 self._scan_one(report, client, candidates, progress)
         finally:
             progress.close()
         return candidates
 
     def _scan_one(
-        self, report: Report, client: str | None, candidates: dict[str, Difference],
+        self,
+        report: Report,
+        client: str | None,
+        candidates: dict[str, Difference],
         progress: Progress,
     ) -> None:
         entity = self.entity
@@ -414,8 +440,13 @@ class Verifier:
         for key, old, new in merge(entity, old_docs, new_rows):
             if client is None:  # whole table: attribute each key to its client
                 owner = (
-                    old.client_id if isinstance(old, Row) else new.client_id if new
-                    else old.client if isinstance(old, BadOld) else ""
+                    old.client_id
+                    if isinstance(old, Row)
+                    else new.client_id
+                    if new
+                    else old.client
+                    if isinstance(old, BadOld)
+                    else ""
                 )
                 per_client[owner] = per_client.get(owner, 0) + 1
             diff = classify(entity, key, old, new, client or "")
@@ -439,22 +470,36 @@ class Verifier:
         self, report: Report, clients: Sequence[str] | None, n: int
     ) -> dict[str, Difference]:
         entity = self.entity
-        chosen = list(clients) if clients is not None else sorted(
-            set(self.old.clients(entity)) | set(self.sql.clients(entity))
+        chosen = (
+            list(clients)
+            if clients is not None
+            else sorted(set(self.old.clients(entity)) | set(self.sql.clients(entity)))
         )
         candidates: dict[str, Difference] = {}
         for i, client in enumerate(chosen):
             res = report.clients.setdefault(client, ClientResult(client))
-            keys = list(dict.fromkeys(
-                [k for k in self.old.sample_keys(entity, client, math.ceil(n / 2), self.seed + i)
-                 if k is not None]
-                + self._random_new_keys(client, n // 2)
-            ))
+            keys = list(
+                dict.fromkeys(
+                    [
+                        k
+                        for k in self.old.sample_keys(
+                            entity, client, math.ceil(n / 2), self.seed + i
+                        )
+                        if k is not None
+                    ]
+                    + self._random_new_keys(client, n // 2)
+                )
+            )
             found = self._compare_keys([k for k in keys if isinstance(k, str)], client)
-            found.update({
-                json.dumps(k): Difference(json.dumps(k), client, BAD, detail="key is not a string")
-                for k in keys if not isinstance(k, str)
-            })
+            found.update(
+                {
+                    json.dumps(k): Difference(
+                        json.dumps(k), client, BAD, detail="key is not a string"
+                    )
+                    for k in keys
+                    if not isinstance(k, str)
+                }
+            )
             candidates.update(found)
             res.rows_checked += len(keys)
             report.rows_checked += len(keys)
@@ -498,8 +543,7 @@ class Verifier:
         keys = [k for k in candidates if k not in bad_keys]
         now = self._compare_keys(keys)
         suspects = [
-            k for k, d in now.items()
-            if d.kind != FIELDS or _state(d) != _state(candidates[k])
+            k for k, d in now.items() if d.kind != FIELDS or _state(d) != _state(candidates[k])
         ]
         confirmed = {k: d for k, d in now.items() if k not in suspects}
         if suspects:
@@ -580,16 +624,28 @@ class Verifier:
                 if not client:
                     continue
                 ledger.record_verification(
-                    cur, d, report.entity, client, clean=res.clean, mode=report.mode,
-                    differences=res.remaining, rows_checked=res.rows_checked,
+                    cur,
+                    d,
+                    report.entity,
+                    client,
+                    clean=res.clean,
+                    mode=report.mode,
+                    differences=res.remaining,
+                    rows_checked=res.rows_checked,
                     finished_at=finished,
                 )
                 values = {
-                    "verification_id": report.verification_id, "client": client,
-                    "entity": report.entity, "mode": report.mode,
-                    "started_at": report.started_at, "finished_at": finished,
-                    "rows_checked": res.rows_checked, "differences": res.remaining,
-                    "clean": res.clean, "by_kind": res.by_kind, "report_path": report_path,
+                    "verification_id": report.verification_id,
+                    "client": client,
+                    "entity": report.entity,
+                    "mode": report.mode,
+                    "started_at": report.started_at,
+                    "finished_at": finished,
+                    "rows_checked": res.rows_checked,
+                    "differences": res.remaining,
+                    "clean": res.clean,
+                    "by_kind": res.by_kind,
+                    "report_path": report_path,
                 }
                 _db.insert(cur, d, VERIFICATIONS, values)
 

@@ -30,8 +30,10 @@ def main(argv: list[str]) -> int:
         data = json.loads(path.read_text())
         for target in data.get("targets", []):
             mark = "PASS" if target.get("met") else "MISS"
-            print(f"{mark}  {path.stem:12} {target['name']}: {target['value']:.3g} "
-                  f"(target {target['op']} {target['target']})")
+            print(
+                f"{mark}  {path.stem:12} {target['name']}: {target['value']:.3g} "
+                f"(target {target['op']} {target['target']})"
+            )
     if failed:
         print(f"benchmarks that failed to run: {', '.join(failed)}")
     return 1 if failed else 0

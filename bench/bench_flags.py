@@ -37,8 +37,7 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench-results"
 ENTITY = "orders"
-CLIENTS = {"old": "client-000", "new": "client-001", "shadow": "client-002",
-           "prop": "client-003"}
+CLIENTS = {"old": "client-000", "new": "client-001", "shadow": "client-002", "prop": "client-003"}
 
 
 # -- the server side (a child process) --------------------------------------------------
@@ -68,10 +67,16 @@ def serve(specs: list[str]) -> None:
             # Simulates a float CUTOVER_UNLEASH_REFRESH_INTERVAL_S (Settings takes an int
             # today); the SDK's scheduler accepts fractions of a second.
             rt.settings.unleash_refresh_interval_s = float(  # type: ignore[assignment]
-                os.environ["BENCH_REFRESH_INTERVAL_S"])
+                os.environ["BENCH_REFRESH_INTERVAL_S"]
+            )
         app = create_app(rt, stages=stages)
-        servers.append(uvicorn.Server(uvicorn.Config(
-            app, host="127.0.0.1", port=int(port), log_level="warning", access_log=False)))
+        servers.append(
+            uvicorn.Server(
+                uvicorn.Config(
+                    app, host="127.0.0.1", port=int(port), log_level="warning", access_log=False
+                )
+            )
+        )
 
     async def run_all() -> None:
         await asyncio.gather(*(server.serve() for server in servers))
@@ -96,10 +101,17 @@ def _start_servers(
     ports = [_free_port() for _ in modes]
     state.mkdir(parents=True, exist_ok=True)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "bench.bench_flags", "serve",
-         *(f"{m}:{p}" for m, p in zip(modes, ports, strict=True))],
-        env={**env, "CUTOVER_STATE_DIR": str(state)}, cwd=state,
-        stdout=subprocess.DEVNULL, stderr=open(state / "server.log", "wb"),  # noqa: SIM115
+        [
+            sys.executable,
+            "-m",
+            "bench.bench_flags",
+            "serve",
+            *(f"{m}:{p}" for m, p in zip(modes, ports, strict=True)),
+        ],
+        env={**env, "CUTOVER_STATE_DIR": str(state)},
+        cwd=state,
+        stdout=subprocess.DEVNULL,
+        stderr=open(state / "server.log", "wb"),  # noqa: SIM115
     )
     urls = [f"http://127.0.0.1:{p}" for p in ports]
     deadline = time.monotonic() + 60
@@ -122,8 +134,12 @@ def _pct(samples: list[float], q: float) -> float:
 
 
 def _summary(samples: list[float]) -> dict[str, float]:
-    return {"n": len(samples), "p50_ms": _pct(samples, 0.50) * 1e3,
-            "p99_ms": _pct(samples, 0.99) * 1e3, "mean_ms": statistics.fmean(samples) * 1e3}
+    return {
+        "n": len(samples),
+        "p50_ms": _pct(samples, 0.50) * 1e3,
+        "p99_ms": _pct(samples, 0.99) * 1e3,
+        "mean_ms": statistics.fmean(samples) * 1e3,
+    }
 
 
 def _store(http: httpx.Client, url: str, client: str) -> str:
@@ -140,11 +156,19 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--requests", type=int, default=200, help="Requests per variant per round.")
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--changes", type=int, default=10)
-    parser.add_argument("--ids", type=int, default=50,
-                        help="Items per client (reqlite re-sorts per page: keep it small).")
-    parser.add_argument("--refresh-interval", type=float, default=None,
-                        help="SDK refresh interval in the API processes, in seconds "
-                        "(default: the setting, CUTOVER_UNLEASH_REFRESH_INTERVAL_S).")
+    parser.add_argument(
+        "--ids",
+        type=int,
+        default=50,
+        help="Items per client (reqlite re-sorts per page: keep it small).",
+    )
+    parser.add_argument(
+        "--refresh-interval",
+        type=float,
+        default=None,
+        help="SDK refresh interval in the API processes, in seconds "
+        "(default: the setting, CUTOVER_UNLEASH_REFRESH_INTERVAL_S).",
+    )
     args = parser.parse_args(argv)
 
     import pyodbc
@@ -167,31 +191,48 @@ def main(argv: list[str]) -> int:
             conn.execute("CREATE DATABASE bench_reads")
         dsn = pg.extra["odbc_dsn"].replace("DATABASE=cutover", "DATABASE=bench_reads")
         env = {k: v for k, v in os.environ.items() if not k.startswith("CUTOVER_")}
-        env.update({
-            "CUTOVER_CONFIG_FILE": str(ROOT / "cutover.toml"),
-            "CUTOVER_SQL_DSN": dsn,
-            "CUTOVER_RETHINKDB_HOST": rdb.host,
-            "CUTOVER_RETHINKDB_PORT": str(rdb.port),
-            "CUTOVER_UNLEASH_URL": unleash.url,
-            "CUTOVER_UNLEASH_ADMIN_TOKEN": unleash.extra["admin_token"],
-            "CUTOVER_UNLEASH_BACKEND_TOKEN": unleash.extra["backend_token"],
-            "PYTHONPATH": str(ROOT),
-        })
+        env.update(
+            {
+                "CUTOVER_CONFIG_FILE": str(ROOT / "cutover.toml"),
+                "CUTOVER_SQL_DSN": dsn,
+                "CUTOVER_RETHINKDB_HOST": rdb.host,
+                "CUTOVER_RETHINKDB_PORT": str(rdb.port),
+                "CUTOVER_UNLEASH_URL": unleash.url,
+                "CUTOVER_UNLEASH_ADMIN_TOKEN": unleash.extra["admin_token"],
+                "CUTOVER_UNLEASH_BACKEND_TOKEN": unleash.extra["backend_token"],
+                "PYTHONPATH": str(ROOT),
+            }
+        )
         if args.refresh_interval:
             env["BENCH_REFRESH_INTERVAL_S"] = str(args.refresh_interval)
-        settings = Settings(_env_file=None, config_file=ROOT / "cutover.toml", sql_dsn=dsn,
-                            rethinkdb_host=rdb.host, rethinkdb_port=rdb.port,
-                            unleash_url=unleash.url,
-                            unleash_admin_token=unleash.extra["admin_token"],
-                            unleash_backend_token=unleash.extra["backend_token"],
-                            state_dir=work / "cli")
+        settings = Settings(
+            _env_file=None,
+            config_file=ROOT / "cutover.toml",
+            sql_dsn=dsn,
+            rethinkdb_host=rdb.host,
+            rethinkdb_port=rdb.port,
+            unleash_url=unleash.url,
+            unleash_admin_token=unleash.extra["admin_token"],
+            unleash_backend_token=unleash.extra["backend_token"],
+            state_dir=work / "cli",
+        )
         rt = Runtime(settings, load_config(ROOT / "cutover.toml"))
         rt.sql.ensure_schema()
         rt.rethink.ensure_tables()
         ent = rt.cfg.entity(ENTITY)
-        rows = list(reference(ent, generate_history(
-            ent, clients=len(CLIENTS), ids_per_client=args.ids, versions=1, delete_rate=0.0,
-            seed=3)).values())
+        rows = list(
+            reference(
+                ent,
+                generate_history(
+                    ent,
+                    clients=len(CLIENTS),
+                    ids_per_client=args.ids,
+                    versions=1,
+                    delete_rate=0.0,
+                    seed=3,
+                ),
+            ).values()
+        )
         rt.sql.apply(ent, rows)
         rt.rethink.write(ent, rows)
         flags = FlagService(rt)
@@ -199,7 +240,8 @@ def main(argv: list[str]) -> int:
         flags.set_stage(ENTITY, CLIENTS["new"], Stage.NEW, actor="bench", force=True)
 
         main_proc, (flags_url, old_url, new_url) = _start_servers(
-            ["flags", "fixed-old", "fixed-new"], env, work / "api-1")
+            ["flags", "fixed-old", "fixed-new"], env, work / "api-1"
+        )
         second_proc, (flags2_url,) = _start_servers(["flags"], env, work / "api-2")
         procs += [main_proc, second_proc]
         http = httpx.Client(timeout=30)
@@ -242,10 +284,16 @@ def main(argv: list[str]) -> int:
         # How far these two p99s differ is the run's p99 noise floor.
         p99_noise = latency["old"]["p99_ms"] / latency["old (flag lookup bypassed)"]["p99_ms"]
         metrics = http.get(f"{flags_url}/metrics").text
-        compared = sum(float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines()
-                       if line.startswith("cutover_shadow_comparisons_total{"))
-        dropped = sum(float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines()
-                      if line.startswith("cutover_shadow_dropped_total{"))
+        compared = sum(
+            float(line.rsplit(" ", 1)[1])
+            for line in metrics.splitlines()
+            if line.startswith("cutover_shadow_comparisons_total{")
+        )
+        dropped = sum(
+            float(line.rsplit(" ", 1)[1])
+            for line in metrics.splitlines()
+            if line.startswith("cutover_shadow_dropped_total{")
+        )
 
         # 2. propagation to every API process
         prop_client = CLIENTS["prop"]
@@ -282,8 +330,10 @@ def main(argv: list[str]) -> int:
             "p99_noise_floor_old_vs_old_bypassed": p99_noise,
             "shadow_comparisons": {"run": compared, "dropped": dropped, "sample_rate": 1.0},
             "propagation": {
-                "changes": len(times), "median_s": statistics.median(times),
-                "max_s": max(times), "all_s": times,
+                "changes": len(times),
+                "median_s": statistics.median(times),
+                "max_s": max(times),
+                "all_s": times,
                 "set_command_median_s": statistics.median(command_s),
                 "api_processes": len(apis),
                 "refresh_interval_s": args.refresh_interval or settings.unleash_refresh_interval_s,
@@ -291,26 +341,49 @@ def main(argv: list[str]) -> int:
         }
         worst_overhead = max(overhead_old, overhead_new)
         results["targets"] = [
-            {"name": "flag overhead at p50 (worst of old, new)", "value": worst_overhead,
-             "op": "<=", "target": 0.05, "met": worst_overhead <= 0.05},
-            {"name": "shadow p99 / old p99", "value": shadow_ratio, "op": "<=", "target": 1.1,
-             "met": shadow_ratio <= 1.1},
-            {"name": "flag propagation max (s)", "value": max(times), "op": "<=",
-             "target": 2.0, "met": max(times) <= 2.0},
+            {
+                "name": "flag overhead at p50 (worst of old, new)",
+                "value": worst_overhead,
+                "op": "<=",
+                "target": 0.05,
+                "met": worst_overhead <= 0.05,
+            },
+            {
+                "name": "shadow p99 / old p99",
+                "value": shadow_ratio,
+                "op": "<=",
+                "target": 1.1,
+                "met": shadow_ratio <= 1.1,
+            },
+            {
+                "name": "flag propagation max (s)",
+                "value": max(times),
+                "op": "<=",
+                "target": 2.0,
+                "met": max(times) <= 2.0,
+            },
         ]
         RESULTS.mkdir(exist_ok=True)
         (RESULTS / "flags.json").write_text(json.dumps(results, indent=2) + "\n")
 
         for name, s in latency.items():
-            print(f"latency  {name:28} p50 {s['p50_ms']:7.2f} ms   p99 {s['p99_ms']:7.2f} ms"
-                  f"   (n={s['n']})")
-        print(f"flag overhead at p50: old {overhead_old:+.1%}, new {overhead_new:+.1%} "
-              "(target <= +5%)")
-        print(f"shadow p99 / old p99: {shadow_ratio:.2f} (target <= 1.1); "
-              f"{compared:.0f} comparisons run, {dropped:.0f} dropped")
+            print(
+                f"latency  {name:28} p50 {s['p50_ms']:7.2f} ms   p99 {s['p99_ms']:7.2f} ms"
+                f"   (n={s['n']})"
+            )
+        print(
+            f"flag overhead at p50: old {overhead_old:+.1%}, new {overhead_new:+.1%} "
+            "(target <= +5%)"
+        )
+        print(
+            f"shadow p99 / old p99: {shadow_ratio:.2f} (target <= 1.1); "
+            f"{compared:.0f} comparisons run, {dropped:.0f} dropped"
+        )
         print(f"p99 noise floor (old with / without flag lookup, same store): {p99_noise:.2f}")
-        print(f"propagation over {len(times)} changes to {len(apis)} API processes: median "
-              f"{statistics.median(times):.2f} s, max {max(times):.2f} s (target max <= 2 s)")
+        print(
+            f"propagation over {len(times)} changes to {len(apis)} API processes: median "
+            f"{statistics.median(times):.2f} s, max {max(times):.2f} s (target max <= 2 s)"
+        )
         return 0
     finally:
         for proc in procs:

@@ -80,8 +80,9 @@ def publish(settings: Settings, events: list[Any], chunk: int = 1000) -> None:
     path = pubsub.topic_path(settings, "orders")
     for i in range(0, len(events), chunk):
         messages = [
-            pubsub_v1.types.PubsubMessage(data=e.to_json_bytes(), attributes=e.attributes,
-                                          ordering_key=e.ordering_key)
+            pubsub_v1.types.PubsubMessage(
+                data=e.to_json_bytes(), attributes=e.attributes, ordering_key=e.ordering_key
+            )
             for e in events[i : i + chunk]
         ]
         client.api.publish(topic=path, messages=messages, timeout=600)
@@ -142,8 +143,16 @@ def peak_rss_mb(pid: int) -> float:
 
 def run_worker(rt: Runtime, env: dict[str, str], n: int, log_path: Path) -> dict[str, float]:
     """(c) the worker as its own process; timed from "pulling" in its log to all committed."""
-    argv = [sys.executable, "-c", "from cutover.cli import main; main()", "subs", "run", SUB,
-            "--log-every", "5"]
+    argv = [
+        sys.executable,
+        "-c",
+        "from cutover.cli import main; main()",
+        "subs",
+        "run",
+        SUB,
+        "--log-every",
+        "5",
+    ]
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
@@ -192,16 +201,20 @@ def main(argv: list[str]) -> int:
         worker_dsn = create_database(admin, "bench_worker", replace=True)
         write_dsn = create_database(admin, "bench_write", replace=True)
         settings = Settings(
-            _env_file=None, config_file=config_path, state_dir=state / "cutover",
-            sql_dsn=worker_dsn, pubsub_emulator_host=infos["pubsub"].url,
+            _env_file=None,
+            config_file=config_path,
+            state_dir=state / "cutover",
+            sql_dsn=worker_dsn,
+            pubsub_emulator_host=infos["pubsub"].url,
             pubsub_project="bench",
         )
         rt = Runtime(settings)
         sub = rt.cfg.subscription(SUB)
         entity = rt.cfg.entity("orders")
 
-        history = generate_history(entity, clients=10, ids_per_client=-(-n // 15), versions=3,
-                                   delete_rate=0.1, seed=21)
+        history = generate_history(
+            entity, clients=10, ids_per_client=-(-n // 15), versions=3, delete_rate=0.1, seed=21
+        )
         events = with_faults(history, duplicate_rate=0.05, shuffle=True, seed=21)[:n]
         if len(events) < n:
             raise RuntimeError(f"generated only {len(events)} events")
@@ -218,25 +231,31 @@ def main(argv: list[str]) -> int:
         publish(settings, events)
         publish_s = time.perf_counter() - start
 
-        flow = pubsub_v1.types.FlowControl(max_messages=sub.max_outstanding_messages,
-                                           max_bytes=sub.max_outstanding_bytes)
+        flow = pubsub_v1.types.FlowControl(
+            max_messages=sub.max_outstanding_messages, max_bytes=sub.max_outstanding_bytes
+        )
         say("(a) raw receive-and-ack ...")
         receive_s, receive_cpu = raw_receive(settings, n, flow)
         say("(b) raw batched SqlStore.apply ...")
         write_s = raw_write(write_dsn, config_path, events, sub.batch_size)
         say("(c) worker process ...")
         env = {k: v for k, v in os.environ.items() if not k.startswith("CUTOVER_")}
-        env.update({
-            "CUTOVER_CONFIG_FILE": str(config_path), "CUTOVER_STATE_DIR": str(state / "cutover"),
-            "CUTOVER_SQL_DSN": worker_dsn, "CUTOVER_PUBSUB_EMULATOR_HOST": infos["pubsub"].url,
-            "CUTOVER_PUBSUB_PROJECT": "bench",
-        })
+        env.update(
+            {
+                "CUTOVER_CONFIG_FILE": str(config_path),
+                "CUTOVER_STATE_DIR": str(state / "cutover"),
+                "CUTOVER_SQL_DSN": worker_dsn,
+                "CUTOVER_PUBSUB_EMULATOR_HOST": infos["pubsub"].url,
+                "CUTOVER_PUBSUB_PROJECT": "bench",
+            }
+        )
         worker = run_worker(rt, env, n, state / "worker.log")
 
         ref = reference(entity, events)
         stored = {row.key: row for row in rt.sql.scan(entity, None)}
         correct = len(stored) == len(ref) and all(
-            stored[k].rank == r.rank for k, r in ref.items() if k in stored)
+            stored[k].rank == r.rank for k, r in ref.items() if k in stored
+        )
         rt.close()
     finally:
         services.down(state_dir=state)
@@ -264,25 +283,38 @@ def main(argv: list[str]) -> int:
         "worker_exit_code": worker["exit_code"],
         "final_state_equals_reference": correct,
         "targets": [
-            {"name": "worker events/s vs min(raw receive, raw write)", "value": ratio,
-             "op": ">=", "target": TARGET, "met": ratio >= TARGET},
+            {
+                "name": "worker events/s vs min(raw receive, raw write)",
+                "value": ratio,
+                "op": ">=",
+                "target": TARGET,
+                "met": ratio >= TARGET,
+            },
         ],
     }
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "subscribers.json").write_text(json.dumps(results, indent=2) + "\n")
 
-    say(f"\nsubscription handler, {n:,} events, batch {sub.batch_size}, "
-        f"latency {sub.max_batch_latency_ms} ms, PostgreSQL via pyodbc")
+    say(
+        f"\nsubscription handler, {n:,} events, batch {sub.batch_size}, "
+        f"latency {sub.max_batch_latency_ms} ms, PostgreSQL via pyodbc"
+    )
     say(f"  (a) raw Pub/Sub receive+ack:   {a:10,.0f} events/s")
     say(f"  (b) raw SqlStore.apply:        {b:10,.0f} events/s")
     say(f"  (c) worker (cutover subs run): {c:10,.0f} events/s")
-    say(f"  ratio c/a {c / a:.2f}, c/b {c / b:.2f}, c/min(a,b) {ratio:.2f} "
-        f"(target >= {TARGET}: {'met' if ratio >= TARGET else 'MISSED'})")
-    say(f"  client CPU per event: raw receive {1e6 * receive_cpu / n:.0f} us, worker "
+    say(
+        f"  ratio c/a {c / a:.2f}, c/b {c / b:.2f}, c/min(a,b) {ratio:.2f} "
+        f"(target >= {TARGET}: {'met' if ratio >= TARGET else 'MISSED'})"
+    )
+    say(
+        f"  client CPU per event: raw receive {1e6 * receive_cpu / n:.0f} us, worker "
         f"{1e6 * worker['cpu_seconds'] / n:.0f} us (machine load {os.getloadavg()[0]:.1f}: "
-        "the rates depend on what else runs on the 2 cores)")
-    say(f"  worker peak RSS {worker['peak_rss_mb']:.0f} MB; exit code on SIGTERM "
-        f"{worker['exit_code']}; final state equals reference: {correct}")
+        "the rates depend on what else runs on the 2 cores)"
+    )
+    say(
+        f"  worker peak RSS {worker['peak_rss_mb']:.0f} MB; exit code on SIGTERM "
+        f"{worker['exit_code']}; final state equals reference: {correct}"
+    )
     say(f"  (publishing ran at {n / publish_s:,.0f} events/s; not part of any rate)")
     say(f"wrote {RESULTS / 'subscribers.json'}")
     return 0 if correct and worker["exit_code"] == 0 else 1

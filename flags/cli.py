@@ -85,8 +85,10 @@ def status(entity: str | None, as_json: bool) -> None:
                 note += " [forced]"
             if row.changed_outside:
                 note += " [changed outside cutover]"
-            click.echo(f"  {row.client_id:{width}}  {row.stage.value:6}  {since:20}  "
-                       f"{by[:24]:24}  {note.strip()}")
+            click.echo(
+                f"  {row.client_id:{width}}  {row.stage.value:6}  {since:20}  "
+                f"{by[:24]:24}  {note.strip()}"
+            )
 
 
 def _report_json(report: Any) -> dict[str, Any]:
@@ -112,8 +114,7 @@ def _echo_change(change: Any, entity: str, client: str, stage: str) -> None:
         return
     forced = " (FORCED: " + (change.gate or "") + ")" if change.forced else ""
     click.echo(
-        f"{entity}/{client}: {change.from_stage} -> {change.to_stage} by {change.actor}"
-        f"{forced}"
+        f"{entity}/{client}: {change.from_stage} -> {change.to_stage} by {change.actor}{forced}"
     )
 
 
@@ -122,8 +123,11 @@ def _echo_change(change: Any, entity: str, client: str, stage: str) -> None:
 @click.argument("client")
 @click.argument("stage", type=click.Choice([s.value for s in Stage]))
 @click.option("--reason", help="Why; kept in the audit.")
-@click.option("--force", is_flag=True,
-              help="Override the gate (and the unknown-client check); recorded in the audit.")
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Override the gate (and the unknown-client check); recorded in the audit.",
+)
 @click.option("--actor", help="Who is making the change (default: user@host).")
 def set_stage(
     entity: str, client: str, stage: str, reason: str | None, force: bool, actor: str | None
@@ -180,8 +184,10 @@ def kill(entity: str, yes: bool, reason: str | None, actor: str | None) -> None:
         changes = service.kill(entity, actor=actor, reason=reason)
     finally:
         service.close()
-    click.echo(f"{entity}: kill switch applied; {len(changes)} client(s) back to old"
-               + (": " + ", ".join(c.client_id for c in changes) if changes else ""))
+    click.echo(
+        f"{entity}: kill switch applied; {len(changes)} client(s) back to old"
+        + (": " + ", ".join(c.client_id for c in changes) if changes else "")
+    )
 
 
 @flags.command("history")
@@ -199,7 +205,9 @@ def history(entity: str, client: str | None) -> None:
         service.close()
     for c in changes:
         forced = " [forced]" if c.forced else ""
-        click.echo(f"{c.at:%Y-%m-%d %H:%M:%SZ}  {c.client_id}  {c.from_stage} -> {c.to_stage}  "
-                   f"{c.actor}  {c.reason or ''}{forced}  {c.gate or ''}".rstrip())
+        click.echo(
+            f"{c.at:%Y-%m-%d %H:%M:%SZ}  {c.client_id}  {c.from_stage} -> {c.to_stage}  "
+            f"{c.actor}  {c.reason or ''}{forced}  {c.gate or ''}".rstrip()
+        )
     if not changes:
         click.echo("no changes recorded")

@@ -224,8 +224,9 @@ class _ServerSource:
         if self.ready.is_set():
             self._destroy()
             return
-        threading.Thread(target=self._destroy_when_started, name="unleash-stop",
-                         daemon=True).start()
+        threading.Thread(
+            target=self._destroy_when_started, name="unleash-stop", daemon=True
+        ).start()
 
     def _destroy_when_started(self) -> None:
         self.ready.wait()
@@ -354,8 +355,11 @@ class StageReader:
         except Exception as exc:
             self._errors += 1
             if self._errors == 1 or self._errors % 1000 == 0:
-                log.warning("flag evaluation failed (%d so far), serving the last known "
-                            "stage: %s", self._errors, exc)
+                log.warning(
+                    "flag evaluation failed (%d so far), serving the last known stage: %s",
+                    self._errors,
+                    exc,
+                )
             return self._known.get(key, Stage.OLD)
         with self._lock:
             if generation == self._generation:

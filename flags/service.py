@@ -215,8 +215,12 @@ class FlagService:
         who = actor or default_actor()
         changes = [
             Change(
-                entity=name, client_id=client, from_stage=flags.stage_of(client).value,
-                to_stage=Stage.OLD.value, actor=who, reason=reason or "kill switch",
+                entity=name,
+                client_id=client,
+                from_stage=flags.stage_of(client).value,
+                to_stage=Stage.OLD.value,
+                actor=who,
+                reason=reason or "kill switch",
                 backend=self.backend.name,
             )
             for client in sorted(flags.listed_clients())

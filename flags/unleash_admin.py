@@ -93,8 +93,7 @@ class UnleashAdmin:
             raise FlagError(f"Unleash at {self.url} unreachable: {redact(str(exc))}") from None
         if response.status_code not in ok:
             raise FlagError(
-                f"Unleash {method} {path} answered {response.status_code}: "
-                f"{_message(response)}"
+                f"Unleash {method} {path} answered {response.status_code}: {_message(response)}"
             )
         return response
 
@@ -166,15 +165,17 @@ class UnleashAdmin:
             if state.enabled:
                 self._switch(flag, False)
             for strat in ours:
-                self._call("DELETE", f"{self._env_path(flag)}/strategies/{strat['id']}",
-                           ok=(200, 204, 404))
+                self._call(
+                    "DELETE", f"{self._env_path(flag)}/strategies/{strat['id']}", ok=(200, 204, 404)
+                )
             return
         body = strategy(flag, wanted)
         if ours:
             self._call("PUT", f"{self._env_path(flag)}/strategies/{ours[0]['id']}", json=body)
             for extra in ours[1:]:  # merged into the first one: their ids were in `wanted`
-                self._call("DELETE", f"{self._env_path(flag)}/strategies/{extra['id']}",
-                           ok=(200, 204, 404))
+                self._call(
+                    "DELETE", f"{self._env_path(flag)}/strategies/{extra['id']}", ok=(200, 204, 404)
+                )
         else:
             self._call("POST", f"{self._env_path(flag)}/strategies", json=body)
         after, _ = self._flag(flag)

@@ -18,9 +18,7 @@ def insert(dialect: Dialect, table: Table, values: Mapping[str, Any]) -> tuple[s
     q = dialect.quote
     cols = [table.col(name) for name in values]
     marks = ", ".join(dialect.placeholder(c.kind) for c in cols)
-    sql = (
-        f"INSERT INTO {q(table.name)} ({', '.join(q(c.name) for c in cols)}) VALUES ({marks})"
-    )
+    sql = f"INSERT INTO {q(table.name)} ({', '.join(q(c.name) for c in cols)}) VALUES ({marks})"
     return sql, [dialect.to_db(c.kind, values[c.name]) for c in cols]
 
 
@@ -32,9 +30,7 @@ def select(dialect: Dialect, table: Table) -> str:
 
 def record(dialect: Dialect, table: Table, row: Sequence[Any]) -> dict[str, Any]:
     """A fetched row of :func:`select` as ``{column: python value}``."""
-    return {
-        c.name: dialect.from_db(c.kind, v) for c, v in zip(table.columns, row, strict=True)
-    }
+    return {c.name: dialect.from_db(c.kind, v) for c, v in zip(table.columns, row, strict=True)}
 
 
 def is_duplicate_key(exc: BaseException) -> bool:

@@ -16,9 +16,7 @@ from rich.table import Table
 from cutover.runtime import Runtime
 from cutover.settings import redact
 
-_ACTOR = click.option(
-    "--actor", help="Who to record in the audit log (default: the OS user)."
-)
+_ACTOR = click.option("--actor", help="Who to record in the audit log (default: the OS user).")
 
 
 def _print_table(headers: list[str], rows: list[list[str]]) -> None:
@@ -87,14 +85,17 @@ def list_cmd(as_json: bool) -> None:
     rt = Runtime()
     counts, problem = read_counts(rt)
     if problem:
-        click.secho(f"warning: counters unavailable (SQL store: {problem})", fg="yellow",
-                    err=True)
+        click.secho(f"warning: counters unavailable (SQL store: {problem})", fg="yellow", err=True)
     rows = status(rt, counts)
     if as_json:
         out = [
             {
-                "name": r.name, "declared": r.declared, "exists": r.exists, "topic": r.topic,
-                "sink": r.sink, "drift": [str(d) for d in r.drift],
+                "name": r.name,
+                "declared": r.declared,
+                "exists": r.exists,
+                "topic": r.topic,
+                "sink": r.sink,
+                "drift": [str(d) for d in r.drift],
                 "processed": r.counts.processed if r.counts else 0,
                 "applied": r.counts.applied if r.counts else 0,
                 "stale": r.counts.stale if r.counts else 0,
@@ -111,13 +112,22 @@ def list_cmd(as_json: bool) -> None:
         exists = ("yes" if r.exists else "NO") + ("" if r.declared else " (undeclared)")
         drift = "\n".join(str(d) for d in r.drift) or "-"
         c = r.counts
-        lines.append([
-            r.name, exists, drift, r.sink or "?", str(c.processed) if c else "0",
-            str(c.failed) if c else "0", _when(c.last_event_at) if c else "-",
-            "-" if r.backlog is None else str(r.backlog),
-        ])
-    _print_table(["subscription", "exists", "drift", "sink", "processed", "failed",
-                  "last event", "backlog"], lines)
+        lines.append(
+            [
+                r.name,
+                exists,
+                drift,
+                r.sink or "?",
+                str(c.processed) if c else "0",
+                str(c.failed) if c else "0",
+                _when(c.last_event_at) if c else "-",
+                "-" if r.backlog is None else str(r.backlog),
+            ]
+        )
+    _print_table(
+        ["subscription", "exists", "drift", "sink", "processed", "failed", "last event", "backlog"],
+        lines,
+    )
 
 
 def _print_change(change: Any) -> None:
@@ -166,8 +176,11 @@ def sync_cmd(names: tuple[str, ...], actor: str | None, dry_run: bool) -> None:
 @subs.command("drop")
 @click.argument("name")
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation (scripts).")
-@click.option("--force", is_flag=True,
-              help="Drop a legacy (rethinkdb) subscription even while clients read the old store.")
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Drop a legacy (rethinkdb) subscription even while clients read the old store.",
+)
 @_ACTOR
 def drop_cmd(name: str, yes: bool, force: bool, actor: str | None) -> None:
     """Delete subscription NAME on the server; its undelivered messages are lost.
@@ -192,8 +205,13 @@ def audit_cmd(name: str | None, limit: int) -> None:
     from .audit import read
 
     rows = [
-        [_when(e.at), e.actor, e.action, e.subscription,
-         json.dumps(e.details, ensure_ascii=False)[:300]]
+        [
+            _when(e.at),
+            e.actor,
+            e.action,
+            e.subscription,
+            json.dumps(e.details, ensure_ascii=False)[:300],
+        ]
         for e in read(Runtime().sql, name, limit)
     ]
     _print_table(["when", "actor", "action", "subscription", "details"], rows)
@@ -202,10 +220,14 @@ def audit_cmd(name: str | None, limit: int) -> None:
 # -- run --------------------------------------------------------------------------------
 @subs.command("run")
 @click.argument("names", nargs=-1, required=True)
-@click.option("--metrics-port", type=int,
-              help="Serve Prometheus metrics on this port (API host from settings).")
-@click.option("--log-every", default=10.0, show_default=True,
-              help="Seconds between progress lines.")
+@click.option(
+    "--metrics-port",
+    type=int,
+    help="Serve Prometheus metrics on this port (API host from settings).",
+)
+@click.option(
+    "--log-every", default=10.0, show_default=True, help="Seconds between progress lines."
+)
 def run_cmd(names: tuple[str, ...], metrics_port: int | None, log_every: float) -> None:
     """Run the handler for one or more subscriptions until SIGTERM/SIGINT.
 
@@ -220,7 +242,8 @@ def run_cmd(names: tuple[str, ...], metrics_port: int | None, log_every: float) 
     from .worker import Worker
 
     logging.basicConfig(
-        level=logging.INFO, stream=sys.stderr,
+        level=logging.INFO,
+        stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
     )
     rt = Runtime()
@@ -246,35 +269,49 @@ def failures_group() -> None:
 
 @failures_group.command("list")
 @click.option("--subscription", help="Only this subscription.")
-@click.option("--status", type=click.Choice(["open", "replayed", "all"]), default="open",
-              show_default=True)
+@click.option(
+    "--status", type=click.Choice(["open", "replayed", "all"]), default="open", show_default=True
+)
 @click.option("--limit", default=100, show_default=True)
 @click.option("--json", "as_json", is_flag=True)
 def failures_list(subscription: str | None, status: str, limit: int, as_json: bool) -> None:
     """Failure-log entries, newest first."""
     from .failures import list_failures
 
-    found = list_failures(Runtime().sql, subscription=subscription,
-                          status=None if status == "all" else status,  # type: ignore[arg-type]
-                          limit=limit)
+    found = list_failures(
+        Runtime().sql,
+        subscription=subscription,
+        status=None if status == "all" else status,  # type: ignore[arg-type]
+        limit=limit,
+    )
     if as_json:
         click.echo(json.dumps([_failure_dict(f) for f in found], indent=2, ensure_ascii=False))
         return
     if not found:
         click.echo("no failures")
         return
-    rows = [[f.subscription, f.message_id, str(f.attempts), _when(f.last_seen), f.status,
-             f.error[:200]] for f in found]
+    rows = [
+        [f.subscription, f.message_id, str(f.attempts), _when(f.last_seen), f.status, f.error[:200]]
+        for f in found
+    ]
     _print_table(["subscription", "message id", "attempts", "last seen", "status", "error"], rows)
 
 
 def _failure_dict(f: Any) -> dict[str, Any]:
     return {
-        "subscription": f.subscription, "message_id": f.message_id, "entity": f.entity,
-        "data": f.text, "attributes": f.attributes, "ordering_key": f.ordering_key,
-        "error": f.error, "attempts": f.attempts, "first_seen": _when(f.first_seen),
-        "last_seen": _when(f.last_seen), "status": f.status,
-        "resolved_at": _when(f.resolved_at), "resolution": f.resolution,
+        "subscription": f.subscription,
+        "message_id": f.message_id,
+        "entity": f.entity,
+        "data": f.text,
+        "attributes": f.attributes,
+        "ordering_key": f.ordering_key,
+        "error": f.error,
+        "attempts": f.attempts,
+        "first_seen": _when(f.first_seen),
+        "last_seen": _when(f.last_seen),
+        "status": f.status,
+        "resolved_at": _when(f.resolved_at),
+        "resolution": f.resolution,
     }
 
 
@@ -297,14 +334,21 @@ def failures_show(message_id: str, subscription: str | None) -> None:
 @click.argument("message_ids", nargs=-1)
 @click.option("--subscription", help="Replay this subscription's open failures (with --all).")
 @click.option("--all", "replay_all", is_flag=True, help="Every open failure (of --subscription).")
-@click.option("--data", "data_file", type=click.Path(exists=True, dir_okay=False),
-              help="A corrected message body (JSON) to apply instead of the stored one "
-                   "(one id only).")
+@click.option(
+    "--data",
+    "data_file",
+    type=click.Path(exists=True, dir_okay=False),
+    help="A corrected message body (JSON) to apply instead of the stored one (one id only).",
+)
 @click.option("--dry-run", is_flag=True, help="Judge the messages again; write nothing.")
 @_ACTOR
 def failures_replay(
-    message_ids: tuple[str, ...], subscription: str | None, replay_all: bool,
-    data_file: str | None, dry_run: bool, actor: str | None,
+    message_ids: tuple[str, ...],
+    subscription: str | None,
+    replay_all: bool,
+    data_file: str | None,
+    dry_run: bool,
+    actor: str | None,
 ) -> None:
     """Re-apply failed messages after the cause is fixed.
 
@@ -323,7 +367,8 @@ def failures_replay(
     rt = Runtime()
     targets = (
         list_failures(rt.sql, subscription=subscription, status="open", limit=1_000_000)
-        if replay_all else [get(rt.sql, m, subscription) for m in message_ids]
+        if replay_all
+        else [get(rt.sql, m, subscription) for m in message_ids]
     )
     data = load_body(data_file) if data_file else None
     tally: dict[str, int] = {}
@@ -331,8 +376,10 @@ def failures_replay(
         outcome = replay(rt, failure, data=data, actor=actor, dry_run=dry_run)
         tally[outcome.result] = tally.get(outcome.result, 0) + 1
         if len(targets) <= 20 or outcome.result == "failed":
-            click.echo(f"{outcome.subscription} {outcome.message_id}: {outcome.result}"
-                       + (f": {outcome.detail}" if outcome.detail else ""))
+            click.echo(
+                f"{outcome.subscription} {outcome.message_id}: {outcome.result}"
+                + (f": {outcome.detail}" if outcome.detail else "")
+            )
         elif not sys.stdout.isatty() and done % 500 == 0:
             click.echo(f"replayed {done}/{len(targets)}")
     summary = ", ".join(f"{n} {k}" for k, n in sorted(tally.items())) or "nothing to replay"

@@ -90,8 +90,12 @@ def add(
     )
     if cursor.rowcount == 0:  # the row was deleted under a running worker: start again
         row = _zero(subscription) | {
-            "processed": applied + stale + failed, "applied": applied, "stale": stale,
-            "failed": failed, "last_event_at": newest_event, "last_batch_at": now,
+            "processed": applied + stale + failed,
+            "applied": applied,
+            "stale": stale,
+            "failed": failed,
+            "last_event_at": newest_event,
+            "last_batch_at": now,
         }
         cursor.execute(*_sql.insert(d, COUNTERS, row))
 

@@ -130,7 +130,10 @@ def record(
             f"UPDATE {q(FAILURES.name)} SET {q('attempts')} = {q('attempts')} + 1, "
             f"{q('error')} = ?, {q('last_seen')} = {d.placeholder('datetime')}, "
             f"{q('status')} = ? WHERE {q('subscription')} = ? AND {q('message_id')} = ?",
-            _clean(poison.error), d.to_db("datetime", now), "open", subscription.name,
+            _clean(poison.error),
+            d.to_db("datetime", now),
+            "open",
+            subscription.name,
             poison.message_id,
         )
         if cursor.rowcount:
@@ -237,8 +240,14 @@ def replay(
     except (EventError, MappingError) as exc:
         outcome.result, outcome.detail = "failed", str(exc)
         if not dry_run:
-            poison = Poison(failure.message_id, failure.data, failure.attributes,
-                            failure.ordering_key, failure.attempts, f"replay: {exc}")
+            poison = Poison(
+                failure.message_id,
+                failure.data,
+                failure.attributes,
+                failure.ordering_key,
+                failure.attempts,
+                f"replay: {exc}",
+            )
             with store.transaction() as cur:
                 record(store, cur, sub, [poison])
     else:
@@ -253,8 +262,12 @@ def replay(
             _resolve(store, cur, failure, note)
         outcome.detail = note
     if not dry_run:
-        details: dict[str, Any] = {"message_id": failure.message_id, "result": outcome.result,
-                                   "detail": outcome.detail[:1000], **outcome.extra}
+        details: dict[str, Any] = {
+            "message_id": failure.message_id,
+            "result": outcome.result,
+            "detail": outcome.detail[:1000],
+            **outcome.extra,
+        }
         if data is not None:
             details["corrected_body"] = body.decode("utf-8", "replace")[:10_000]
         audit.write(store, "replay", sub.name, details, actor)
@@ -267,7 +280,10 @@ def _resolve(store: SqlStore, cursor: pyodbc.Cursor, failure: Failure, note: str
         f"UPDATE {q(FAILURES.name)} SET {q('status')} = ?, "
         f"{q('resolved_at')} = {d.placeholder('datetime')}, {q('resolution')} = ? "
         f"WHERE {q('subscription')} = ? AND {q('message_id')} = ?",
-        "replayed", d.to_db("datetime", now_utc()), note, failure.subscription,
+        "replayed",
+        d.to_db("datetime", now_utc()),
+        note,
+        failure.subscription,
         failure.message_id,
     )
 

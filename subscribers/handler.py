@@ -74,8 +74,12 @@ class _Item:
     def poison(self) -> failures.Poison:
         m = self.message
         return failures.Poison(
-            m.message_id, bytes(m.data), dict(m.attributes), m.ordering_key or "",
-            m.delivery_attempt or 1, self.error or "unknown error",
+            m.message_id,
+            bytes(m.data),
+            dict(m.attributes),
+            m.ordering_key or "",
+            m.delivery_attempt or 1,
+            self.error or "unknown error",
         )
 
 
@@ -144,15 +148,22 @@ class BatchHandler:
                     failures.record(self.sql, cur, self.subscription, poisons)
                 newest = max((i.event.occurred_at for i in good if i.event), default=None)
                 counters.add(
-                    self.sql, cur, self.subscription.name, applied=result.applied,
-                    stale=result.stale, failed=len(poisons), newest_event=newest,
+                    self.sql,
+                    cur,
+                    self.subscription.name,
+                    applied=result.applied,
+                    stale=result.stale,
+                    failed=len(poisons),
+                    newest_event=newest,
                 )
         except pyodbc.Error as exc:
             if not is_data_error(exc) or not good:
                 raise
             return self._split(items, exc)
         return BatchOutcome(
-            result.applied, result.stale, len(poisons),
+            result.applied,
+            result.stale,
+            len(poisons),
             [i.event.occurred_at for i in good if i.event],
         )
 

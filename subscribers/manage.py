@@ -192,9 +192,7 @@ def read_counts(runtime: Runtime) -> tuple[dict[str, Counts], str | None]:
         return {}, redact(str(exc))
 
 
-def status(
-    runtime: Runtime, counts: dict[str, Counts] | None = None
-) -> list[SubscriptionStatus]:
+def status(runtime: Runtime, counts: dict[str, Counts] | None = None) -> list[SubscriptionStatus]:
     """Declared and existing subscriptions side by side (declared ones first).
 
     ``counts`` defaults to :func:`read_counts` (failing quietly to none).
@@ -212,16 +210,29 @@ def status(
         actual = existing.get(name)
         rows.append(
             SubscriptionStatus(
-                name, True, actual is not None, sub.topic, sub.sink,
+                name,
+                True,
+                actual is not None,
+                sub.topic,
+                sub.sink,
                 drift(settings, sub, actual) if actual is not None else [],
-                counts.get(name), backlog(settings, name) if actual is not None else None,
+                counts.get(name),
+                backlog(settings, name) if actual is not None else None,
             )
         )
     for name, actual in sorted(existing.items()):
         if name not in cfg.subscriptions:
             rows.append(
-                SubscriptionStatus(name, False, True, _short(actual.topic), None, [],
-                                   counts.get(name), backlog(settings, name))
+                SubscriptionStatus(
+                    name,
+                    False,
+                    True,
+                    _short(actual.topic),
+                    None,
+                    [],
+                    counts.get(name),
+                    backlog(settings, name),
+                )
             )
     return rows
 
@@ -273,8 +284,13 @@ def add(runtime: Runtime, name: str, *, actor: str | None = None, dry_run: bool 
             ]
     finally:
         client.close()
-    audit.write(runtime.sql, "add", name, {"done": change.done, "left": change.left,
-                                            "declared": _view(request)}, actor)
+    audit.write(
+        runtime.sql,
+        "add",
+        name,
+        {"done": change.done, "left": change.left, "declared": _view(request)},
+        actor,
+    )
     return change
 
 
@@ -338,8 +354,10 @@ def _sync_one(
             pubsub.ensure_topic(settings, sub.dead_letter_topic)
         paths = sorted({_UPDATE_PATHS[d.field] for d in fixable})
         client.update_subscription(
-            request={"subscription": declared_subscription(settings, sub),
-                     "update_mask": {"paths": paths}},
+            request={
+                "subscription": declared_subscription(settings, sub),
+                "update_mask": {"paths": paths},
+            },
             timeout=ADMIN_TIMEOUT_S,
         )
         after = {d.field: d for d in drift(settings, sub, _get(settings, client, sub.name))}
@@ -348,9 +366,17 @@ def _sync_one(
                 change.left.append(f"{after[d.field]} (the server did not keep it)")
             else:
                 change.done.append(f"set {d.field} to {d.declared!r} (was {d.actual!r})")
-    audit.write(runtime.sql, "sync", sub.name, {
-        "drift_before": [str(d) for d in before], "done": change.done, "left": change.left,
-    }, actor)
+    audit.write(
+        runtime.sql,
+        "sync",
+        sub.name,
+        {
+            "drift_before": [str(d) for d in before],
+            "done": change.done,
+            "left": change.left,
+        },
+        actor,
+    )
     return change
 
 
@@ -364,8 +390,10 @@ def known_clients(runtime: Runtime, entity: Entity) -> list[str]:
     """
     clients: set[str] = set()
     readable = 0
-    for read in (lambda: runtime.sql.clients(entity),
-                 lambda: list(runtime.rethink.count_per_client(entity))):
+    for read in (
+        lambda: runtime.sql.clients(entity),
+        lambda: list(runtime.rethink.count_per_client(entity)),
+    ):
         try:
             clients.update(read())
             readable += 1

@@ -101,7 +101,10 @@ class _Runner:
         )
         path = pubsub.subscription_path(self.worker.runtime.settings, self.sub.name)
         self.future = client.subscribe(
-            path, self._on_message, flow_control=flow, scheduler=_InlineScheduler(),
+            path,
+            self._on_message,
+            flow_control=flow,
+            scheduler=_InlineScheduler(),
             await_callbacks_on_shutdown=True,
         )
         self.future.add_done_callback(self._on_stream_done)
@@ -178,7 +181,7 @@ class _Runner:
                 return
             except queue.Full:
                 if self.committer is None or not self.committer.is_alive():
-                    for _, message in (work[0] if work else []):
+                    for _, message in work[0] if work else []:
                         message.nack()
                     return
 
@@ -200,8 +203,12 @@ class _Runner:
                     w.metrics.nacked_batches.labels(**self.labels).inc()
                     log.warning(
                         "%s: batch of %d nacked for redelivery, retrying in %.1fs: %s: %s",
-                        self.sub.name, len(batch), backoff, type(exc).__name__,
-                        redact(str(exc)), exc_info=not _expected(exc),
+                        self.sub.name,
+                        len(batch),
+                        backoff,
+                        type(exc).__name__,
+                        redact(str(exc)),
+                        exc_info=not _expected(exc),
                     )
                     w.stopping.wait(backoff)
                     backoff = min(backoff * 2, w.max_backoff_s)
@@ -222,7 +229,7 @@ class _Runner:
                 work = self._decoded.get_nowait()
             except queue.Empty:
                 return
-            for _, message in (work[0] if work else []):
+            for _, message in work[0] if work else []:
                 message.nack()
 
     def _crashed(self, stage: str, exc: BaseException) -> None:
@@ -355,7 +362,12 @@ class Worker:
             t = self.totals(name)
             log.info(
                 "%s %s: %d received, %d applied, %d stale, %d failed, %d batches nacked",
-                prefix, name, t["received"], t["applied"], t["stale"], t["failed"],
+                prefix,
+                name,
+                t["received"],
+                t["applied"],
+                t["stale"],
+                t["failed"],
                 t["nacked_batches"],
             )
 

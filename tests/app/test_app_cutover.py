@@ -93,8 +93,11 @@ def test_shadow_serves_rethinkdb_and_records_sql_differences(
     assert served["fields"]["status"] == row.values["status"]  # RethinkDB's value
     api.drain()
     (mismatch,) = recorder.recent(orders)
-    assert (mismatch.client_id, mismatch.item_key, mismatch.kind) == ("client-000", row.key,
-                                                                     "fields")
+    assert (mismatch.client_id, mismatch.item_key, mismatch.kind) == (
+        "client-000",
+        row.key,
+        "fields",
+    )
     assert mismatch.fields == ["status"] and mismatch.stage == "shadow"
     assert mismatch.old_version == mismatch.new_version == row.version
     assert MISMATCH_COUNT.labels(orders, "fields")._value.get() == before + 1
@@ -184,9 +187,14 @@ def test_unleash_stopped_mid_test_reads_go_on_with_last_known_stages(
     """Unleash goes away: every request still answers 200 from the store of the last
     known stage; a client never seen before reads ``old``; no error reaches callers."""
     state, info = own_unleash
-    rt = Runtime(store_settings(unleash_url=info.url,
-                                unleash_admin_token=info.extra["admin_token"],
-                                unleash_backend_token=info.extra["backend_token"]), flag_config)
+    rt = Runtime(
+        store_settings(
+            unleash_url=info.url,
+            unleash_admin_token=info.extra["admin_token"],
+            unleash_backend_token=info.extra["backend_token"],
+        ),
+        flag_config,
+    )
     rt.sql.ensure_schema()
     rt.rethink.ensure_tables()
     seed_both(rt, orders, clients=4)
@@ -202,8 +210,12 @@ def test_unleash_stopped_mid_test_reads_go_on_with_last_known_stages(
     with pytest.raises(httpx.HTTPError):
         httpx.get(f"{info.url}/health", timeout=2)
 
-    expected = {"client-000": ("shadow", "old"), "client-001": ("new", "new"),
-                "client-002": ("old", "old"), "client-003": ("old", "old")}
+    expected = {
+        "client-000": ("shadow", "old"),
+        "client-001": ("new", "new"),
+        "client-002": ("old", "old"),
+        "client-003": ("old", "old"),
+    }
     deadline = time.monotonic() + 3 * rt.settings.unleash_refresh_interval_s + 1
     while time.monotonic() < deadline:  # across several failed refreshes
         for client, (stage, store) in expected.items():

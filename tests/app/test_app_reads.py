@@ -111,8 +111,10 @@ def test_a_store_that_is_down_is_a_503_with_the_reason(
     assert "Traceback" not in r.text and r.headers["Retry-After"]
 
     secret = "s3cret-pw"
-    dsn = (f"DRIVER={{PostgreSQL Unicode}};SERVER=127.0.0.1;PORT={_closed_port()};"
-           f"DATABASE=x;UID=postgres;PWD={secret};")
+    dsn = (
+        f"DRIVER={{PostgreSQL Unicode}};SERVER=127.0.0.1;PORT={_closed_port()};"
+        f"DATABASE=x;UID=postgres;PWD={secret};"
+    )
     sql_down = Runtime(_with(runtime.settings, sql_dsn=dsn, sql_dialect="postgresql"), runtime.cfg)
     new = serve(sql_down, stages=FixedStage(Stage.NEW))
     for path in (f"/v1/{orders}/client-000/items", f"/v1/{orders}/client-000/items/x"):
@@ -129,7 +131,8 @@ def test_a_full_comparison_queue_drops_and_counts(
     """With no free worker and a queue of one, the second comparison is dropped (and
     counted), never waited for: the request path cannot be slowed by comparisons."""
     comparer = ShadowComparer(
-        ReadModel(runtime), MismatchRecorder(runtime.sql),
+        ReadModel(runtime),
+        MismatchRecorder(runtime.sql),
         read_options(shadow_queue_size=1, shadow_max_concurrency=1),
     )  # not started: nothing takes jobs off the queue
     ent = runtime.cfg.entity(orders)
@@ -149,14 +152,18 @@ def test_comparison_kinds_in_shadow_and_sampled_new(
     from the new stage (compared against RethinkDB at new_compare_sample_rate=1)."""
     rows: list[Row] = seed_both(runtime, orders, clients=2)
     ent = runtime.cfg.entity(orders)
-    live = sorted((r for r in rows if r.client_id == "client-000" and not r.deleted),
-                  key=lambda r: r.key)
+    live = sorted(
+        (r for r in rows if r.client_id == "client-000" and not r.deleted), key=lambda r: r.key
+    )
     gone, bumped = live[0], live[1]
     q = runtime.sql.dialect.quote
     with runtime.sql.transaction() as cur:
         cur.execute(f"DELETE FROM {q(ent.sql_table)} WHERE {q(ent.key)} = ?", gone.key)
-        cur.execute(f"UPDATE {q(ent.sql_table)} SET {q(ent.version)} = ? WHERE {q(ent.key)} = ?",
-                    bumped.version + 5, bumped.key)
+        cur.execute(
+            f"UPDATE {q(ent.sql_table)} SET {q(ent.version)} = ? WHERE {q(ent.key)} = ?",
+            bumped.version + 5,
+            bumped.key,
+        )
     recorder = MismatchRecorder(runtime.sql)
     shadow = serve(runtime, stages=FixedStage(Stage.SHADOW))
     shadow.get(f"/v1/{orders}/client-000/items")
@@ -164,8 +171,9 @@ def test_comparison_kinds_in_shadow_and_sampled_new(
     found = {(m.item_key, m.kind, m.stage) for m in recorder.recent(orders)}
     assert found == {(gone.key, "missing_in_new", "shadow"), (bumped.key, "version", "shadow")}
 
-    new = serve(runtime, stages=FixedStage(Stage.NEW),
-                opts=read_options(new_compare_sample_rate=1.0))
+    new = serve(
+        runtime, stages=FixedStage(Stage.NEW), opts=read_options(new_compare_sample_rate=1.0)
+    )
     r = new.get(f"/v1/{orders}/client-000/items/{bumped.key}")
     assert r.json()["version"] == bumped.version + 5  # served from SQL
     new.drain()

@@ -19,11 +19,14 @@ FAST = Options(rate=0, batch=50, poll_s=0.05, retry_base_s=0.05, lease_ttl_s=30)
 def quiet(title: str, total: int | None, done: int) -> Progress:
     return Progress(title, total, done, tty=False, interval_s=3600, emit=lambda line: None)
 
-def history_state(entity: Entity, *, clients: int = 3, ids: int = 40, seed: int = 1,
-                  delete_rate: float = 0.2) -> dict[str, Row]:
+
+def history_state(
+    entity: Entity, *, clients: int = 3, ids: int = 40, seed: int = 1, delete_rate: float = 0.2
+) -> dict[str, Row]:
     """The newest row of every id of a synthetic history (tombstones included)."""
-    events = generate_history(entity, clients=clients, ids_per_client=ids, seed=seed,
-                              delete_rate=delete_rate)
+    events = generate_history(
+        entity, clients=clients, ids_per_client=ids, seed=seed, delete_rate=delete_rate
+    )
     return reference(entity, events)
 
 

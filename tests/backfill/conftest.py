@@ -44,5 +44,3 @@ def live_of(rethink_store: RethinkStore) -> Callable[[Entity, list[dict[str, Any
         return RethinkSource(rethink_store, page_size=200)
 
     return make
-
-

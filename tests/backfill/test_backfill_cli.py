@@ -79,7 +79,9 @@ def test_run_status_pause_resume_verify(
     data = json.loads(_cli("backfill", "status", "orders", "--json").output)
     assert data["paused"] is False and data["runs"][0]["status"] == "done"
     assert {e["client"]: e["state"] for e in data["ledger"]} == {
-        "client-000": "copied", "client-001": "copied"}
+        "client-000": "copied",
+        "client-001": "copied",
+    }
 
     report = tmp_path / "verify.json"
     clean = _cli("verify", "orders", "--from-export", str(folder), "--report", str(report))
@@ -93,8 +95,16 @@ def test_run_status_pause_resume_verify(
         q = store.dialect.quote
         for key in victims:
             cur.execute(f"DELETE FROM {q('orders')} WHERE {q('id')} = ?", key)
-    dirty = _cli("verify", "orders", "--from-export", str(folder), "--report", str(report),
-                 "--recheck-delay", "0")
+    dirty = _cli(
+        "verify",
+        "orders",
+        "--from-export",
+        str(folder),
+        "--report",
+        str(report),
+        "--recheck-delay",
+        "0",
+    )
     assert dirty.exit_code == 1
     assert all(f"  {key}  missing_in_new" in dirty.output for key in victims)
     listed = json.loads(report.read_text())["differences"]
@@ -106,8 +116,14 @@ def test_bad_documents_make_run_exit_1_and_unknown_entity_exit_2(
     env: dict[str, str], store: SqlStore, app_orders: Entity, tmp_path: Path
 ) -> None:
     folder = tmp_path / "export"
-    write_export(folder, app_orders, [{"id": "a", "client_id": "c", "version": 1},
-                                      {"id": "b", "client_id": "c", "version": "one"}])
+    write_export(
+        folder,
+        app_orders,
+        [
+            {"id": "a", "client_id": "c", "version": 1},
+            {"id": "b", "client_id": "c", "version": "one"},
+        ],
+    )
     result = _cli("backfill", "run", "orders", "--from-export", str(folder), "--rate", "0")
     assert result.exit_code == 1 and "key:b" in result.output
     unknown = _cli("backfill", "run", "invoices", "--from-export", str(folder))
@@ -127,11 +143,26 @@ def test_sigkill_mid_run_then_the_same_command_resumes(
     folder = tmp_path / "export"
     write_export(folder, app_orders, docs_for(app_orders, state.values()))
     run_id = run_id_for("orders", ExportSource(folder).identity(app_orders), None)
-    command = [sys.executable, "-m", "backfill.cli", "backfill", "run", "orders",
-               "--from-export", str(folder), "--batch", "20"]
+    command = [
+        sys.executable,
+        "-m",
+        "backfill.cli",
+        "backfill",
+        "run",
+        "orders",
+        "--from-export",
+        str(folder),
+        "--batch",
+        "20",
+    ]
     child_env = {**{k: v for k, v in os.environ.items() if not k.startswith("CUTOVER_")}, **env}
-    proc = subprocess.Popen([*command, "--rate", "400"], env=child_env, cwd=tmp_path,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [*command, "--rate", "400"],
+        env=child_env,
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
 
     def read_so_far() -> int:
         return sum(p.rows_read for p in partitions_of(store, run_id))
@@ -147,8 +178,14 @@ def test_sigkill_mid_run_then_the_same_command_resumes(
     assert 200 <= checkpoint < n
     assert store.count(app_orders, include_deleted=True) == checkpoint  # rows == checkpoint
 
-    resumed = subprocess.run([*command, "--rate", "0"], env=child_env, cwd=tmp_path,
-                             capture_output=True, text=True, timeout=120)
+    resumed = subprocess.run(
+        [*command, "--rate", "0"],
+        env=child_env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     assert f"this session: {n - checkpoint:,} documents" in resumed.stdout
     parts = partitions_of(store, run_id)
@@ -157,12 +194,20 @@ def test_sigkill_mid_run_then_the_same_command_resumes(
 
 
 def test_live_run_with_an_activity_list_copies_listed_clients_first(
-    env: dict[str, str], postgres_dsn: str, rethink_server: Any, rethink_store: Any,
-    orders: Entity, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    env: dict[str, str],
+    postgres_dsn: str,
+    rethink_server: Any,
+    rethink_store: Any,
+    orders: Entity,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """`--active-first FILE`: listed clients first (in list order), then by size."""
-    toml = (ROOT / "cutover.toml").read_text().replace(
-        'rethinkdb_db = "app"', f'rethinkdb_db = "{orders.rethinkdb_db}"')
+    toml = (
+        (ROOT / "cutover.toml")
+        .read_text()
+        .replace('rethinkdb_db = "app"', f'rethinkdb_db = "{orders.rethinkdb_db}"')
+    )
     (tmp_path / "cutover.toml").write_text(toml)
     monkeypatch.setenv("CUTOVER_CONFIG_FILE", str(tmp_path / "cutover.toml"))
     monkeypatch.setenv("CUTOVER_RETHINKDB_HOST", rethink_server.host)
@@ -171,8 +216,9 @@ def test_live_run_with_an_activity_list_copies_listed_clients_first(
     extra = [Row(f"client-001-x{i}", "client-001", 1, False, {}) for i in range(20)]
     rethink_store.insert_documents(orders, docs_for(orders, [*state.values(), *extra]))
     (tmp_path / "busy.txt").write_text("# busiest first\nclient-003\nclient-000\n")
-    result = _cli("backfill", "run", "orders", "--active-first", str(tmp_path / "busy.txt"),
-                  "--rate", "0")
+    result = _cli(
+        "backfill", "run", "orders", "--active-first", str(tmp_path / "busy.txt"), "--rate", "0"
+    )
     assert result.exit_code == 0, result.output
     sql = SqlStore(postgres_dsn, "postgresql", load_config(tmp_path / "cutover.toml"))
     (run,) = json.loads(_cli("backfill", "status", "orders", "--json").output)["runs"]

@@ -52,8 +52,9 @@ def _split_history(entity: Entity, seed: int) -> tuple[list[Row], list[Event], d
     meet), duplicated and shuffled.
     """
     rng = random.Random(seed)
-    events = generate_history(entity, clients=2, ids_per_client=12, versions=4,
-                              delete_rate=0.35, seed=seed)
+    events = generate_history(
+        entity, clients=2, ids_per_client=12, versions=4, delete_rate=0.35, seed=seed
+    )
     by_id: dict[str, list[Event]] = {}
     for e in events:
         by_id.setdefault(e.id, []).append(e)
@@ -74,12 +75,20 @@ def _split_history(entity: Entity, seed: int) -> tuple[list[Row], list[Event], d
     return snapshot, delivered, expected
 
 
-@settings(max_examples=12, deadline=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(seed=st.integers(0, 10_000), batch=st.integers(2, 20),
-       cuts=st.lists(st.integers(0, 12), min_size=1, max_size=6))
+@settings(
+    max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    seed=st.integers(0, 10_000),
+    batch=st.integers(2, 20),
+    cuts=st.lists(st.integers(0, 12), min_size=1, max_size=6),
+)
 def test_interleavings_end_in_the_newest_version(
-    sql_store: SqlStore, orders: Entity, export_of: Export, seed: int, batch: int,
+    sql_store: SqlStore,
+    orders: Entity,
+    export_of: Export,
+    seed: int,
+    batch: int,
     cuts: list[int],
 ) -> None:
     """Subscription chunks land before the run, between any two batches, or after it."""
@@ -88,7 +97,7 @@ def test_interleavings_end_in_the_newest_version(
     rows = [row_from_event(orders, e) for e in delivered]
     cuts = sorted(cuts)
     size = -(-len(rows) // len(cuts))
-    chunks = {i: rows[i * size:(i + 1) * size] for i in range(len(cuts))}
+    chunks = {i: rows[i * size : (i + 1) * size] for i in range(len(cuts))}
     after_batch: dict[int, list[Row]] = {}
     for i, cut in enumerate(cuts):
         after_batch.setdefault(cut, []).extend(chunks[i])
@@ -100,8 +109,9 @@ def test_interleavings_end_in_the_newest_version(
         sql_store.apply(orders, after_batch.pop(done[0], []))
 
     source = export_of(orders, docs_for(orders, snapshot))
-    summary = Backfill(sql_store, source, orders, replace(FAST, batch=batch),
-                       progress=quiet, on_batch=subscription).run()
+    summary = Backfill(
+        sql_store, source, orders, replace(FAST, batch=batch), progress=quiet, on_batch=subscription
+    ).run()
     for rest in after_batch.values():
         sql_store.apply(orders, rest)
     assert summary.complete
@@ -120,13 +130,19 @@ def test_threads_racing_on_postgres_with_live_rethinkdb(
     def subscription() -> None:
         started.wait()
         for i in range(0, len(rows), 4):
-            pg_store.apply(orders, rows[i:i + 4])
+            pg_store.apply(orders, rows[i : i + 4])
             time.sleep(0.001)
 
     thread = threading.Thread(target=subscription)
     thread.start()
-    job = Backfill(pg_store, source, orders, replace(FAST, batch=5, workers=2), progress=quiet,
-                   on_batch=lambda p, b: started.set())
+    job = Backfill(
+        pg_store,
+        source,
+        orders,
+        replace(FAST, batch=5, workers=2),
+        progress=quiet,
+        on_batch=lambda p, b: started.set(),
+    )
     summary = job.run()
     started.set()
     thread.join()
@@ -149,8 +165,10 @@ def test_two_machines_share_a_run_without_copying_a_partition_twice(
     ledger.ensure_tables(sql_store)  # `cutover db init` first, as in production
     stores = [SqlStore(sql_dsn[1], sql_dsn[0], sql_store.config) for _ in range(2)]
     summaries: list[Any] = []
-    jobs = [Backfill(s, source, orders, replace(FAST, workers=2, batch=10), progress=quiet)
-            for s in stores]
+    jobs = [
+        Backfill(s, source, orders, replace(FAST, workers=2, batch=10), progress=quiet)
+        for s in stores
+    ]
     threads = [threading.Thread(target=lambda j=j: summaries.append(j.run())) for j in jobs]
     for t in threads:
         t.start()
@@ -171,9 +189,13 @@ def _set_lease(sql: SqlStore, run_id: str, part: str, owner: str, seconds: float
     from datetime import timedelta
 
     with sql.transaction() as cur:
-        _db.update(cur, sql.dialect, PARTITIONS,
-                   {"owner": owner, "lease_expires": now_utc() + timedelta(seconds=seconds)},
-                   {"run_id": run_id, "part": part})
+        _db.update(
+            cur,
+            sql.dialect,
+            PARTITIONS,
+            {"owner": owner, "lease_expires": now_utc() + timedelta(seconds=seconds)},
+            {"run_id": run_id, "part": part},
+        )
 
 
 def _planned(sql: SqlStore, source: ExportSource, entity: Entity) -> Backfill:
@@ -197,8 +219,9 @@ def test_a_dead_workers_partition_is_taken_over(
     gone = subprocess.Popen(["true"])
     gone.wait()
     _set_lease(sql_store, job.run_id, parts[0].part, "elsewhere/1/dead", 1.0)
-    _set_lease(sql_store, job.run_id, parts[1].part,
-               f"{socket.gethostname()}/{gone.pid}/dead", 3600)
+    _set_lease(
+        sql_store, job.run_id, parts[1].part, f"{socket.gethostname()}/{gone.pid}/dead", 3600
+    )
     job = Backfill(sql_store, source, orders, replace(FAST, batch=10), progress=quiet)
     result: list[Any] = []
     thread = threading.Thread(target=lambda: result.append(job.run()))

@@ -69,8 +69,16 @@ def test_backfill_never_overwrites_newer_rows_or_resurrects_deletes(
     """The double-write got there first: newer versions and deletes in SQL must win."""
     state = history_state(orders, clients=2, ids=40, seed=9, delete_rate=0.0)
     keys = sorted(state)
-    newer = {k: Row(k, state[k].client_id, state[k].version + 5, False, dict(state[k].values,
-                    status="NEWER")) for k in keys[:10]}
+    newer = {
+        k: Row(
+            k,
+            state[k].client_id,
+            state[k].version + 5,
+            False,
+            dict(state[k].values, status="NEWER"),
+        )
+        for k in keys[:10]
+    }
     deleted = {k: Row(k, state[k].client_id, state[k].version, True, {}) for k in keys[10:20]}
     sql_store.apply(orders, [*newer.values(), *deleted.values()])
     source = export_of(orders, docs_for(orders, state.values()))
@@ -114,8 +122,7 @@ def test_live_sweep_reports_documents_without_a_usable_client(
     state = history_state(orders, clients=2, ids=20, seed=5, delete_rate=0.0)
     docs = docs_for(orders, state.values())
     docs.append({"id": "numeric-client", "client_id": 17, "version": 1})
-    docs.append({"id": "wrong-amount", "client_id": "client-000", "version": 1,
-                 "amount": "12.5"})
+    docs.append({"id": "wrong-amount", "client_id": "client-000", "version": 1, "amount": "12.5"})
     summary = Backfill(pg_store, live_of(orders, docs), orders, FAST, progress=quiet).run()
     assert summary.complete
     assert sorted(b.ref for b in summary.bad) == ["key:numeric-client", "key:wrong-amount"]

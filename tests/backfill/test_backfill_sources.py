@@ -21,9 +21,18 @@ from stores.rethink import RethinkStore
 
 
 def _docs(n: int) -> list[dict[str, Any]]:
-    texts = ["é", "plain", "日本語", "x" * 70, "quote\" and \\ backslash", "line\nbreak"]
-    return [{"id": f"k{i:05d}", "client_id": f"c{i % 3}", "version": 1, "s": texts[i % 6],
-             "n": i, "nested": {"a": [i, {"b": "]"}]}} for i in range(n)]
+    texts = ["é", "plain", "日本語", "x" * 70, 'quote" and \\ backslash', "line\nbreak"]
+    return [
+        {
+            "id": f"k{i:05d}",
+            "client_id": f"c{i % 3}",
+            "version": 1,
+            "s": texts[i % 6],
+            "n": i,
+            "nested": {"a": [i, {"b": "]"}]},
+        }
+        for i in range(n)
+    ]
 
 
 def _write(path: Path, text: str) -> Path:
@@ -39,8 +48,10 @@ def tiny_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_stream_reads_every_layout_completely(tmp_path: Path, tiny_chunks: None) -> None:
     docs = _docs(300)
-    array = _write(tmp_path / "a.json", "\ufeff[\n" + ",\n".join(
-        json.dumps(d, ensure_ascii=False) for d in docs) + "\n]\n")
+    array = _write(
+        tmp_path / "a.json",
+        "\ufeff[\n" + ",\n".join(json.dumps(d, ensure_ascii=False) for d in docs) + "\n]\n",
+    )
     lines = _write(tmp_path / "b.jsonl", "".join(json.dumps(d) + "\n" for d in docs))
     pretty = _write(tmp_path / "c.json", json.dumps(docs, indent=2, ensure_ascii=False))
     compact = _write(tmp_path / "d.json", json.dumps(docs, separators=(",", ":")))
@@ -50,22 +61,25 @@ def test_stream_reads_every_layout_completely(tmp_path: Path, tiny_chunks: None)
 
 def test_offsets_are_bytes_and_resume_anywhere(tmp_path: Path, tiny_chunks: None) -> None:
     docs = _docs(120)
-    path = _write(tmp_path / "a.json", "[\n" + ",\n".join(
-        json.dumps(d, ensure_ascii=False) for d in docs) + "\n]\n")
+    path = _write(
+        tmp_path / "a.json",
+        "[\n" + ",\n".join(json.dumps(d, ensure_ascii=False) for d in docs) + "\n]\n",
+    )
     raw = path.read_bytes()
     stream = DocStream(path)
     seen, positions = [], []
     for doc, start in stream:
-        assert raw[start:start + 1] == b"{"
+        assert raw[start : start + 1] == b"{"
         seen.append(doc)
         positions.append(stream.position)
     assert seen == docs
     for i in (0, 1, 59, 118, 119):  # resuming after document i gives exactly the rest
-        assert [d for d, _ in DocStream(path, positions[i])] == docs[i + 1:]
+        assert [d for d, _ in DocStream(path, positions[i])] == docs[i + 1 :]
 
 
-def test_byte_ranges_cover_every_document_exactly_once(tmp_path: Path, tiny_chunks: None,
-                                                       orders: Entity) -> None:
+def test_byte_ranges_cover_every_document_exactly_once(
+    tmp_path: Path, tiny_chunks: None, orders: Entity
+) -> None:
     docs = _docs(500)
     source_dir = tmp_path / "export"
     path = write_export(source_dir, orders, docs)
@@ -80,8 +94,7 @@ def test_byte_ranges_cover_every_document_exactly_once(tmp_path: Path, tiny_chun
     assert got == docs
 
 
-def test_a_file_not_one_document_per_line_is_one_partition(tmp_path: Path,
-                                                           orders: Entity) -> None:
+def test_a_file_not_one_document_per_line_is_one_partition(tmp_path: Path, orders: Entity) -> None:
     folder = tmp_path / "export"
     (folder / orders.rethinkdb_db).mkdir(parents=True)
     _write(folder / orders.rethinkdb_db / "orders.json", json.dumps(_docs(200), indent=2))
@@ -103,8 +116,7 @@ def test_corrupt_json_is_an_error_with_the_offset(tmp_path: Path) -> None:
 
 def test_export_times_become_datetimes(tmp_path: Path, orders: Entity) -> None:
     when = datetime(2024, 5, 6, 7, 8, 9, 123000, tzinfo=UTC)
-    write_export(tmp_path, orders, [{"id": "a", "client_id": "c", "version": 1,
-                                     "placed_at": when}])
+    write_export(tmp_path, orders, [{"id": "a", "client_id": "c", "version": 1, "placed_at": when}])
     (doc,) = list(ExportSource(tmp_path).stream(orders))
     assert doc["placed_at"] == when
 
@@ -128,8 +140,7 @@ def test_live_plan_is_per_client_with_a_sweep_for_clientless_documents(
     assert [p.part for p in plan] == ["client:acme", "client:busy", "sweep"]
     busy_first = source.plan(orders, None, workers=1, active_first=True)
     assert [p.client for p in busy_first][:2] == ["busy", "acme"]
-    listed = source.plan(orders, ["acme", "busy"], workers=1, active_first=True,
-                         priority=["acme"])
+    listed = source.plan(orders, ["acme", "busy"], workers=1, active_first=True, priority=["acme"])
     assert [(p.client, p.est_rows) for p in listed] == [("acme", 5), ("busy", 9)]
     reader = source.open(orders, {"kind": "sweep"}, None, None)
     batch = reader.next_batch(10)

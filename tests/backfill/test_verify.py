@@ -54,8 +54,9 @@ def test_a_clean_pair_verifies_clean_and_the_ledger_says_verified(
     report = _verifier(sql_store, old, orders).run()
     assert report.clean and report.differences == [] and report.rows_checked == len(state)
     assert {c: r.rows_checked for c, r in report.clients.items()} == {
-        c: sum(r.client_id == c for r in state.values()) for c in ("client-000", "client-001",
-                                                                   "client-002")}
+        c: sum(r.client_id == c for r in state.values())
+        for c in ("client-000", "client-001", "client-002")
+    }
     entry = ledger.client_status(sql_store, "orders", "client-001")
     assert entry is not None and entry.state == "verified"
     assert entry.last_verification_clean is True and entry.differences == 0
@@ -64,8 +65,9 @@ def test_a_clean_pair_verifies_clean_and_the_ledger_says_verified(
     assert sampled.clean and sampled.mode == "sample" and 0 < sampled.rows_checked <= 10
 
 
-def _inject(sql: SqlStore, rethink: RethinkStore, entity: Entity,
-            state: dict[str, Row]) -> dict[str, str]:
+def _inject(
+    sql: SqlStore, rethink: RethinkStore, entity: Entity, state: dict[str, Row]
+) -> dict[str, str]:
     """One key per kind of difference; returns key -> expected kind."""
     live = sorted(k for k, r in state.items() if not r.deleted)
     dead = sorted(k for k, r in state.items() if r.deleted)
@@ -76,13 +78,14 @@ def _inject(sql: SqlStore, rethink: RethinkStore, entity: Entity,
     expected[live[0]] = MISSING
     # extra_in_new: live in SQL at a newer version while the old store has a tombstone.
     tomb = state[dead[0]]
-    sql.apply(entity, [Row(tomb.key, tomb.client_id, tomb.version + 1, False,
-                           {"status": "back"})])
+    sql.apply(entity, [Row(tomb.key, tomb.client_id, tomb.version + 1, False, {"status": "back"})])
     expected[dead[0]] = EXTRA
     # extra_in_new: the old store deleted it (newer tombstone), SQL still has it live.
     gone = state[live[6]]
-    rethink.insert_documents(entity, [document_from_row(
-        entity, Row(gone.key, gone.client_id, gone.version + 1, True, {}))])
+    rethink.insert_documents(
+        entity,
+        [document_from_row(entity, Row(gone.key, gone.client_id, gone.version + 1, True, {}))],
+    )
     expected[live[6]] = EXTRA
     # extra_in_new: a key the old store never had.
     sql.apply(entity, [Row("zz-only-in-new", "client-001", 1, False, {"status": "new"})])
@@ -97,20 +100,24 @@ def _inject(sql: SqlStore, rethink: RethinkStore, entity: Entity,
     _sql(sql, f"UPDATE <orders> SET {q('quantity')} = ? WHERE {q('id')} = ?", 123456789, live[2])
     expected[live[2]] = FIELDS
     # bad_in_old: a document the mapping rejects.
-    rethink.insert_documents(entity, [{"id": "zz-bad", "client_id": "client-000",
-                                       "version": "three"}])
+    rethink.insert_documents(
+        entity, [{"id": "zz-bad", "client_id": "client-000", "version": "three"}]
+    )
     expected["zz-bad"] = BAD
     # Look-alikes that are equal canonically: not differences.
     for key, change in ((live[3], "tz"), (live[4], "nfd"), (live[5], "float")):
         row = state[key]
         doc = document_from_row(entity, row)
         if change == "tz" and row.values.get("placed_at"):
-            doc["placed_at"] = row.values["placed_at"].astimezone(
-                timezone_plus_two()).isoformat()
+            doc["placed_at"] = row.values["placed_at"].astimezone(timezone_plus_two()).isoformat()
         elif change == "nfd":
             doc["status"] = unicodedata.normalize("NFD", "café" + (row.values["status"] or ""))
-            _sql(sql, f"UPDATE <orders> SET {q('status')} = ? WHERE {q('id')} = ?",
-                 unicodedata.normalize("NFC", doc["status"]), key)
+            _sql(
+                sql,
+                f"UPDATE <orders> SET {q('status')} = ? WHERE {q('id')} = ?",
+                unicodedata.normalize("NFC", doc["status"]),
+                key,
+            )
         elif change == "float" and row.values.get("amount") is not None:
             doc["amount"] = row.values["amount"] * (1 + 1e-13)
         rethink.insert_documents(entity, [doc])
@@ -124,7 +131,9 @@ def timezone_plus_two() -> Any:
 
 
 def test_each_injected_kind_is_found_and_only_those(
-    sql_store: SqlStore, orders: Entity, pair: tuple[dict[str, Row], Any],
+    sql_store: SqlStore,
+    orders: Entity,
+    pair: tuple[dict[str, Row], Any],
     rethink_store: RethinkStore,
 ) -> None:
     state, old = pair
@@ -147,7 +156,9 @@ def test_each_injected_kind_is_found_and_only_those(
 
 
 def test_repair_fixes_what_the_version_rules_allow_then_reverifies(
-    sql_store: SqlStore, orders: Entity, pair: tuple[dict[str, Row], Any],
+    sql_store: SqlStore,
+    orders: Entity,
+    pair: tuple[dict[str, Row], Any],
     rethink_store: RethinkStore,
 ) -> None:
     """Repair copies from the old store through SqlStore.apply. Left alone: a key only the
@@ -173,7 +184,9 @@ def test_repair_fixes_what_the_version_rules_allow_then_reverifies(
 
 
 def test_a_difference_in_flight_is_rechecked_not_reported(
-    sql_store: SqlStore, orders: Entity, pair: tuple[dict[str, Row], Any],
+    sql_store: SqlStore,
+    orders: Entity,
+    pair: tuple[dict[str, Row], Any],
     rethink_store: RethinkStore,
 ) -> None:
     """The double-write already has v+1; the legacy sink writes it to the old store a
@@ -197,7 +210,9 @@ def test_a_difference_in_flight_is_rechecked_not_reported(
 
 
 def test_sample_and_per_client_modes_find_differences(
-    sql_store: SqlStore, orders: Entity, pair: tuple[dict[str, Row], Any],
+    sql_store: SqlStore,
+    orders: Entity,
+    pair: tuple[dict[str, Row], Any],
     rethink_store: RethinkStore,
 ) -> None:
     state, old = pair
@@ -207,8 +222,10 @@ def test_sample_and_per_client_modes_find_differences(
     one = _verifier(sql_store, old, orders).run(["client-001"])
     assert set(one.clients) == {"client-001"}
     assert {d.key for d in one.differences} == {
-        k for k in expected if k == "zz-only-in-new" or state.get(k, Row(k, "?", 0)).client_id
-        == "client-001"}
+        k
+        for k in expected
+        if k == "zz-only-in-new" or state.get(k, Row(k, "?", 0)).client_id == "client-001"
+    }
 
 
 def test_a_key_whose_client_changed_is_one_field_mismatch(
@@ -217,8 +234,12 @@ def test_a_key_whose_client_changed_is_one_field_mismatch(
     state, old = pair
     key = sorted(k for k, r in state.items() if not r.deleted and r.client_id == "client-000")[0]
     q = sql_store.dialect.quote
-    _sql(sql_store, f"UPDATE <orders> SET {q('client_id')} = ? WHERE {q('id')} = ?",
-         "client-002", key)
+    _sql(
+        sql_store,
+        f"UPDATE <orders> SET {q('client_id')} = ? WHERE {q('id')} = ?",
+        "client-002",
+        key,
+    )
     report = _verifier(sql_store, old, orders).run(["client-000", "client-002"])
     (diff,) = report.differences
     assert diff.key == key and diff.kind == FIELDS and diff.fields == ["client_id"]

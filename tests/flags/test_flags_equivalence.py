@@ -25,8 +25,16 @@ STEPS: list[tuple[str, str, str | None]] = [
     ("kill", "", None),
     ("set", "client-003", "new"),
 ]
-PROBES = ["client-000", "client-001", "client-002", "client-003", "CLIENT-000", "client-000 ",
-          "client-00", "someone-else"]
+PROBES = [
+    "client-000",
+    "client-001",
+    "client-002",
+    "client-003",
+    "CLIENT-000",
+    "client-000 ",
+    "client-00",
+    "someone-else",
+]
 WAIT_S = 15.0  # only to avoid hanging; propagation speed is benchmarked separately
 
 
@@ -49,8 +57,11 @@ def _served_flags(runtime: Runtime, entity: str) -> dict[str, tuple[bool, list[l
     """What the SDK receives from Unleash for the entity's flags: on/off and id lists."""
     s = runtime.settings
     assert s.unleash_url and s.unleash_backend_token
-    body = httpx.get(f"{s.unleash_url}/api/client/features", timeout=5,
-                     headers={"Authorization": s.unleash_backend_token.get_secret_value()}).json()
+    body = httpx.get(
+        f"{s.unleash_url}/api/client/features",
+        timeout=5,
+        headers={"Authorization": s.unleash_backend_token.get_secret_value()},
+    ).json()
     return _summary(body, entity)
 
 
@@ -59,8 +70,11 @@ def _summary(body: dict[str, Any], entity: str) -> dict[str, tuple[bool, list[li
     out = {}
     for f in body["features"]:
         if f["name"] in names:
-            lists = [sorted(c["values"]) for st in f.get("strategies", [])
-                     for c in st.get("constraints", [])]
+            lists = [
+                sorted(c["values"])
+                for st in f.get("strategies", [])
+                for c in st.get("constraints", [])
+            ]
             out[f["name"]] = (bool(f["enabled"]), lists if f["enabled"] else [])
     return out
 

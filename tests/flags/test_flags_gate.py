@@ -40,8 +40,11 @@ def _decide(entry: Entry | None, max_age_s: int = DAY) -> tuple[bool, str]:
     [
         (None, DAY, "backfill not started"),
         (Entry(state="not_started"), DAY, "backfill not started"),
-        (Entry(state="copying", rows_copied=5), DAY, "not complete for 'acme' (orders): "
-                                                    "state copying, 5 rows"),
+        (
+            Entry(state="copying", rows_copied=5),
+            DAY,
+            "not complete for 'acme' (orders): state copying, 5 rows",
+        ),
         (Entry(verified_at=None, last_verification_clean=None), DAY, "never verified"),
         (Entry(last_verification_clean=False, differences=3), DAY, "found 3 differences"),
         (Entry(copied_at=NOW - timedelta(hours=1)), DAY, "copied again after its last"),
@@ -106,7 +109,10 @@ def _cli_env(tmp_path: Path, file_runtime: Runtime) -> dict[str, str]:
 
 
 def test_cli_gate_refusal_then_force_is_audited(
-    tmp_path: Path, file_runtime: Runtime, orders: str, seed_both,
+    tmp_path: Path,
+    file_runtime: Runtime,
+    orders: str,
+    seed_both,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     seed_both(file_runtime, orders, clients=2)
@@ -120,8 +126,18 @@ def test_cli_gate_refusal_then_force_is_audited(
 
     forced = runner.invoke(
         cli,
-        ["flags", "set", orders, "client-001", "new", "--force", "--reason", "pilot demo",
-         "--actor", "alice"],
+        [
+            "flags",
+            "set",
+            orders,
+            "client-001",
+            "new",
+            "--force",
+            "--reason",
+            "pilot demo",
+            "--actor",
+            "alice",
+        ],
         env=env,
     )
     assert forced.exit_code == 0, forced.output
@@ -140,8 +156,9 @@ def test_cli_gate_refusal_then_force_is_audited(
     other = next(ln for ln in status.output.splitlines() if "client-000" in ln)
     assert " old " in other
 
-    back = runner.invoke(cli, ["flags", "rollback", orders, "client-001", "--actor", "bob"],
-                         env=env)
+    back = runner.invoke(
+        cli, ["flags", "rollback", orders, "client-001", "--actor", "bob"], env=env
+    )
     assert back.exit_code == 0 and "new -> old by bob" in back.output
     history = runner.invoke(cli, ["flags", "history", orders, "client-001"], env=env)
     lines = history.output.strip().splitlines()
@@ -179,21 +196,31 @@ def test_gate_reads_the_backfill_ledger(file_runtime: Runtime, orders: str, seed
         service.set_stage(orders, client, Stage.NEW, actor="t")
 
     with store.transaction() as cur:
-        ledger.record_verification(cur, d, orders, client, clean=False, mode="full",
-                                   differences=2, rows_checked=6)
+        ledger.record_verification(
+            cur, d, orders, client, clean=False, mode="full", differences=2, rows_checked=6
+        )
     with pytest.raises(GateRefused, match="found 2 differences"):
         service.set_stage(orders, client, Stage.NEW, actor="t")
 
     with store.transaction() as cur:
-        ledger.record_verification(cur, d, orders, client, clean=True, mode="full",
-                                   differences=0, rows_checked=6,
-                                   finished_at=now - timedelta(days=3))
+        ledger.record_verification(
+            cur,
+            d,
+            orders,
+            client,
+            clean=True,
+            mode="full",
+            differences=0,
+            rows_checked=6,
+            finished_at=now - timedelta(days=3),
+        )
     with pytest.raises(GateRefused, match="too old"):
         service.set_stage(orders, client, Stage.NEW, actor="t")
 
     with store.transaction() as cur:
-        ledger.record_verification(cur, d, orders, client, clean=True, mode="full",
-                                   differences=0, rows_checked=6)
+        ledger.record_verification(
+            cur, d, orders, client, clean=True, mode="full", differences=0, rows_checked=6
+        )
     change = service.set_stage(orders, client, Stage.NEW, actor="t", reason="verified")
     assert change is not None and not change.forced
     assert (change.gate or "").startswith("verified clean")
@@ -213,7 +240,10 @@ def test_cli_help_explains_stages_and_the_gate() -> None:
 
 
 def test_cli_status_json_and_kill_needs_confirmation(
-    tmp_path: Path, file_runtime: Runtime, orders: str, seed_both,
+    tmp_path: Path,
+    file_runtime: Runtime,
+    orders: str,
+    seed_both,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Without --yes, kill asks; answering no changes nothing."""
@@ -223,12 +253,14 @@ def test_cli_status_json_and_kill_needs_confirmation(
     monkeypatch.chdir(tmp_path)
     env = _cli_env(tmp_path, file_runtime)
     runner = CliRunner()
-    assert runner.invoke(cli, ["flags", "set", orders, "client-000", "shadow"],
-                         env=env).exit_code == 0
+    assert (
+        runner.invoke(cli, ["flags", "set", orders, "client-000", "shadow"], env=env).exit_code == 0
+    )
     aborted = runner.invoke(cli, ["flags", "kill", orders], env=env, input="n\n")
     assert aborted.exit_code == 1
-    (report,) = json.loads(runner.invoke(cli, ["flags", "status", orders, "--json"],
-                                         env=env).output)
+    (report,) = json.loads(
+        runner.invoke(cli, ["flags", "status", orders, "--json"], env=env).output
+    )
     stages = {c["client"]: c["stage"] for c in report["clients"]}
     assert stages == {"client-000": "shadow", "client-001": "old"}
     killed = runner.invoke(cli, ["flags", "kill", orders, "--yes"], env=env)

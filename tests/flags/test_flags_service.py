@@ -50,14 +50,18 @@ def test_clients_reading_old_store_are_old_and_shadow_ones(
 ) -> None:
     seed_both(file_runtime, orders, clients=4)
     ent = file_runtime.cfg.entity(orders)
-    file_runtime.rethink.write(ent, [Row("legacy-1", "rethink-only", 1, False,
-                                         {c.name: None for c in ent.columns})])
+    file_runtime.rethink.write(
+        ent, [Row("legacy-1", "rethink-only", 1, False, {c.name: None for c in ent.columns})]
+    )
     service = FlagService(file_runtime)
     service.set_stage(orders, "client-000", Stage.SHADOW, actor="t")
     service.set_stage(orders, "client-001", Stage.NEW, actor="t", force=True)
     service.set_stage(orders, "pilot-x", Stage.NEW, actor="t", force=True)  # in no store
     assert clients_reading_old_store(file_runtime, orders) == [
-        "client-000", "client-002", "client-003", "rethink-only"
+        "client-000",
+        "client-002",
+        "client-003",
+        "rethink-only",
     ]
     service.kill(orders, actor="t")
     assert "client-001" in clients_reading_old_store(file_runtime, orders)
@@ -81,7 +85,7 @@ def test_rollback_works_with_the_sql_store_down_and_the_audit_catches_up(
     values: dict[str, Any] = {
         **file_runtime.settings.model_dump(),
         "sql_dsn": f"DRIVER={{PostgreSQL Unicode}};SERVER=127.0.0.1;PORT={_closed_port()};"
-                   "DATABASE=x;UID=postgres;PWD=;",
+        "DATABASE=x;UID=postgres;PWD=;",
         "sql_dialect": "postgresql",
     }
     down = Runtime(Settings(_env_file=None, **values), file_runtime.cfg)

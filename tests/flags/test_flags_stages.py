@@ -81,8 +81,9 @@ def test_new_wins_over_shadow_and_absence_is_old() -> None:
     assert flags.stage_of("b") is Stage.NEW
     assert flags.stage_of("c") is Stage.OLD
     assert flags.stage_of("A") is Stage.OLD  # exact ids
-    off = EntityFlags("orders", shadow=FlagState("s", True, False, frozenset({"a"})),
-                      new=FlagState("n"))
+    off = EntityFlags(
+        "orders", shadow=FlagState("s", True, False, frozenset({"a"})), new=FlagState("n")
+    )
     assert off.stage_of("a") is Stage.OLD  # a switched-off flag holds nobody
 
 

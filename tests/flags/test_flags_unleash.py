@@ -31,8 +31,11 @@ def admin(unleash_settings: Settings) -> Iterator[UnleashAdmin]:
 
 def _raw(settings: Settings) -> httpx.Client:
     assert settings.unleash_url and settings.unleash_admin_token
-    return httpx.Client(base_url=settings.unleash_url, timeout=5,
-                        headers={"Authorization": settings.unleash_admin_token.get_secret_value()})
+    return httpx.Client(
+        base_url=settings.unleash_url,
+        timeout=5,
+        headers={"Authorization": settings.unleash_admin_token.get_secret_value()},
+    )
 
 
 def _env(settings: Settings, flag: str) -> dict[str, Any]:
@@ -79,8 +82,9 @@ def test_writing_ids_constrains_first_and_removing_the_last_switches_off(
     assert strategy["constraints"][0]["caseInsensitive"] is False
 
     admin.write(orders, Stage.NEW, ["a"])
-    assert [s["constraints"][0]["values"] for s in _env(unleash_settings, flag)["strategies"]] \
-        == [["a"]]
+    assert [s["constraints"][0]["values"] for s in _env(unleash_settings, flag)["strategies"]] == [
+        ["a"]
+    ]
 
     admin.write(orders, Stage.NEW, [])
     env = _env(unleash_settings, flag)
@@ -99,8 +103,11 @@ def test_a_loose_strategy_added_in_the_ui_is_never_switched_on(
     with _raw(unleash_settings) as http:
         http.post(
             f"/api/admin/projects/default/features/{flag}/environments/development/strategies",
-            json={"name": "flexibleRollout", "constraints": [],
-                  "parameters": {"rollout": "100", "stickiness": "default", "groupId": flag}},
+            json={
+                "name": "flexibleRollout",
+                "constraints": [],
+                "parameters": {"rollout": "100", "stickiness": "default", "groupId": flag},
+            },
         ).raise_for_status()
     with pytest.raises(FlagError, match="without a clientId constraint"):
         admin.write(orders, Stage.NEW, ["a"])

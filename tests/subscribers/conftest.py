@@ -100,15 +100,17 @@ class World:
         """The settings as CUTOVER_* variables (for a subprocess or the CLI)."""
         s = self.settings
         env = {k: v for k, v in os.environ.items() if not k.startswith("CUTOVER_")}
-        env.update({
-            "CUTOVER_CONFIG_FILE": str(self.path),
-            "CUTOVER_STATE_DIR": str(s.state_dir),
-            "CUTOVER_SQL_DSN": s.sql_dsn.get_secret_value() if s.sql_dsn else "",
-            "CUTOVER_PUBSUB_EMULATOR_HOST": s.pubsub_emulator_host or "",
-            "CUTOVER_PUBSUB_PROJECT": s.pubsub_project,
-            "CUTOVER_RETHINKDB_HOST": s.rethinkdb_host,
-            "CUTOVER_RETHINKDB_PORT": str(s.rethinkdb_port),
-        })
+        env.update(
+            {
+                "CUTOVER_CONFIG_FILE": str(self.path),
+                "CUTOVER_STATE_DIR": str(s.state_dir),
+                "CUTOVER_SQL_DSN": s.sql_dsn.get_secret_value() if s.sql_dsn else "",
+                "CUTOVER_PUBSUB_EMULATOR_HOST": s.pubsub_emulator_host or "",
+                "CUTOVER_PUBSUB_PROJECT": s.pubsub_project,
+                "CUTOVER_RETHINKDB_HOST": s.rethinkdb_host,
+                "CUTOVER_RETHINKDB_PORT": str(s.rethinkdb_port),
+            }
+        )
         return env
 
     def processed(self, name: str) -> int:
@@ -119,8 +121,9 @@ class World:
     @contextmanager
     def worker(self, *names: str, runtime: Runtime | None = None) -> Iterator[Worker]:
         """An in-process worker, stopped (batch in hand committed and acked) on exit."""
-        w = Worker(runtime or self.runtime, names, min_backoff_s=0.1, max_backoff_s=1.0,
-                   log_every_s=5)
+        w = Worker(
+            runtime or self.runtime, names, min_backoff_s=0.1, max_backoff_s=1.0, log_every_s=5
+        )
         w.start()
         try:
             yield w
@@ -129,23 +132,39 @@ class World:
 
     def spawn(self, *names: str) -> subprocess.Popen[bytes]:
         """``cutover subs run NAMES`` as a separate process, settings from CUTOVER_*."""
-        argv = [sys.executable, "-c", "from cutover.cli import main; main()",
-                "subs", "run", *names, "--log-every", "2"]
+        argv = [
+            sys.executable,
+            "-c",
+            "from cutover.cli import main; main()",
+            "subs",
+            "run",
+            *names,
+            "--log-every",
+            "2",
+        ]
         with open(self.tmp / f"worker-{uuid.uuid4().hex[:6]}.log", "wb") as log:
-            return subprocess.Popen(argv, env=self.env(), cwd=self.tmp, stdout=log,
-                                    stderr=subprocess.STDOUT)
+            return subprocess.Popen(
+                argv, env=self.env(), cwd=self.tmp, stdout=log, stderr=subprocess.STDOUT
+            )
 
 
 def _make_world(
-    tmp_path: Path, make_settings: Callable[..., Settings], rethink: services.ServiceInfo,
-    pubsub_url: str, sql_dsn: str, subscriptions: str | None,
+    tmp_path: Path,
+    make_settings: Callable[..., Settings],
+    rethink: services.ServiceInfo,
+    pubsub_url: str,
+    sql_dsn: str,
+    subscriptions: str | None,
 ) -> World:
     db = f"t_{uuid.uuid4().hex[:10]}"
     path = tmp_path / "cutover.toml"
     path.write_text(config_text(db, subscriptions), encoding="utf-8")
     settings = make_settings(
-        config_file=path, sql_dsn=sql_dsn, pubsub_emulator_host=pubsub_url,
-        rethinkdb_host=rethink.host, rethinkdb_port=rethink.port,
+        config_file=path,
+        sql_dsn=sql_dsn,
+        pubsub_emulator_host=pubsub_url,
+        rethinkdb_host=rethink.host,
+        rethinkdb_port=rethink.port,
     )
     return World(settings, path, db, tmp_path)
 
@@ -165,24 +184,30 @@ def _close(world: World) -> None:
 
 @pytest.fixture
 def world(
-    tmp_path: Path, make_settings: Callable[..., Settings], pubsub_server: services.ServiceInfo,
-    rethink_server: services.ServiceInfo, postgres_dsn: str,
+    tmp_path: Path,
+    make_settings: Callable[..., Settings],
+    pubsub_server: services.ServiceInfo,
+    rethink_server: services.ServiceInfo,
+    postgres_dsn: str,
 ) -> Iterator[World]:
     """Test-tuned subscriptions (short ack deadline, small batches)."""
-    w = _make_world(tmp_path, make_settings, rethink_server, pubsub_server.url, postgres_dsn,
-                    TEST_SUBSCRIPTIONS)
+    w = _make_world(
+        tmp_path, make_settings, rethink_server, pubsub_server.url, postgres_dsn, TEST_SUBSCRIPTIONS
+    )
     yield w
     _close(w)
 
 
 @pytest.fixture
 def declared_world(
-    tmp_path: Path, make_settings: Callable[..., Settings], pubsub_server: services.ServiceInfo,
-    rethink_server: services.ServiceInfo, postgres_dsn: str,
+    tmp_path: Path,
+    make_settings: Callable[..., Settings],
+    pubsub_server: services.ServiceInfo,
+    rethink_server: services.ServiceInfo,
+    postgres_dsn: str,
 ) -> Iterator[World]:
     """The project's own cutover.toml subscriptions, as an engineer would manage them."""
-    w = _make_world(tmp_path, make_settings, rethink_server, pubsub_server.url, postgres_dsn,
-                    None)
+    w = _make_world(tmp_path, make_settings, rethink_server, pubsub_server.url, postgres_dsn, None)
     yield w
     _close(w)
 
@@ -223,4 +248,3 @@ def private_postgres() -> Iterator[PrivatePostgres]:
     finally:
         services.down(state_dir=state)
         shutil.rmtree(state, ignore_errors=True)
-

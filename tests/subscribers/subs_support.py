@@ -42,8 +42,9 @@ def wait_equal(differences: Callable[[], list[str]], timeout: float, what: str) 
             return
         if time.monotonic() >= deadline:
             shown = "\n  ".join(found[:10])
-            raise AssertionError(f"{what}: still {len(found)} difference(s) after {timeout}s:"
-                                 f"\n  {shown}")
+            raise AssertionError(
+                f"{what}: still {len(found)} difference(s) after {timeout}s:\n  {shown}"
+            )
         time.sleep(1.0)
 
 
@@ -53,9 +54,7 @@ def publish(settings: Settings, events: list[Event], topic: str = "orders") -> N
     pubsub.publish_events(settings, events, topic=topic, client=client)
 
 
-def publish_raw(
-    settings: Settings, data: bytes, topic: str = "orders", **attributes: str
-) -> str:
+def publish_raw(settings: Settings, data: bytes, topic: str = "orders", **attributes: str) -> str:
     """Publish a body that need not meet the contract; returns its message id."""
     client = pubsub.publisher(settings, ordering=False)
     pubsub.ensure_topic(settings, topic, client)
@@ -70,10 +69,15 @@ def differences(entity: Entity, expected: dict[str, Row], actual: Iterable[Row])
     problems += [f"unexpected {k}" for k in sorted(set(got) - set(expected))]
     for key in sorted(set(expected) & set(got)):
         want, have = expected[key], got[key]
-        if (want.version, want.deleted, want.client_id) != (have.version, have.deleted,
-                                                              have.client_id):
-            problems.append(f"{key}: want v{want.version} deleted={want.deleted}, "
-                            f"have v{have.version} deleted={have.deleted}")
+        if (want.version, want.deleted, want.client_id) != (
+            have.version,
+            have.deleted,
+            have.client_id,
+        ):
+            problems.append(
+                f"{key}: want v{want.version} deleted={want.deleted}, "
+                f"have v{have.version} deleted={have.deleted}"
+            )
             continue
         if not want.deleted:
             for column in entity.columns:
@@ -92,8 +96,9 @@ def rethink_differences(store: RethinkStore, entity: Entity, events: list[Event]
     return differences(entity, reference(entity, events), rows)
 
 
-def stop_process(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM,
-                 timeout: float = 60) -> int:
+def stop_process(
+    proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM, timeout: float = 60
+) -> int:
     """Signal a worker subprocess and wait for its exit code (killed if it hangs)."""
     if proc.poll() is None:
         proc.send_signal(sig)

@@ -17,11 +17,24 @@ from subscribers import audit, failures, manage
 
 
 def _event(id_: str, version: int, **data: object) -> Event:
-    base = {"status": "paid", "amount": 1.5, "quantity": 2, "paid": True,
-            "placed_at": "2024-03-01T10:00:00Z", "meta": {"k": 1}}
-    return Event(event_id=f"{id_[:50]}-v{version}", entity="orders", op="upsert", id=id_,
-                 client_id="client-009", version=version,
-                 occurred_at=datetime(2024, 3, 1, tzinfo=UTC), data={**base, **data})
+    base = {
+        "status": "paid",
+        "amount": 1.5,
+        "quantity": 2,
+        "paid": True,
+        "placed_at": "2024-03-01T10:00:00Z",
+        "meta": {"k": 1},
+    }
+    return Event(
+        event_id=f"{id_[:50]}-v{version}",
+        entity="orders",
+        op="upsert",
+        id=id_,
+        client_id="client-009",
+        version=version,
+        occurred_at=datetime(2024, 3, 1, tzinfo=UTC),
+        data={**base, **data},
+    )
 
 
 @pytest.fixture
@@ -41,8 +54,9 @@ def test_one_poison_in_a_thousand_then_replay_after_fix(world, cli_env, tmp_path
     corrected body applies it and closes the entry."""
     rt = world.runtime
     manage.add(rt, "orders-sqlstore")
-    good = generate_history(world.entity, clients=3, ids_per_client=333, versions=1,
-                            delete_rate=0.0, seed=5)
+    good = generate_history(
+        world.entity, clients=3, ids_per_client=333, versions=1, delete_rate=0.0, seed=5
+    )
     assert len(good) == 999
     poison = _event("client-009-poison", 1, quantity="7")
     publish(world.settings, good[:500])
@@ -79,8 +93,9 @@ def test_one_poison_in_a_thousand_then_replay_after_fix(world, cli_env, tmp_path
 
     fixed = tmp_path / "fixed.json"
     fixed.write_bytes(_event("client-009-poison", 1, quantity=7).to_json_bytes())
-    result = cli_env.invoke(cli, ["subs", "failures", "replay", poison_id, "--data", str(fixed),
-                                  "--actor", "alice"])
+    result = cli_env.invoke(
+        cli, ["subs", "failures", "replay", poison_id, "--data", str(fixed), "--actor", "alice"]
+    )
     assert result.exit_code == 0, result.output
     assert "applied" in result.output
     row = rt.sql.get(world.entity, poison.id)
@@ -88,8 +103,11 @@ def test_one_poison_in_a_thousand_then_replay_after_fix(world, cli_env, tmp_path
     closed = failures.get(rt.sql, poison_id)
     assert closed.status == "replayed" and closed.resolution == "applied (corrected body)"
     assert failures.list_failures(rt.sql) == []  # no open entry left
-    [replayed] = [e for e in audit.read(rt.sql, "orders-sqlstore") if e.action == "replay"
-                  and e.details["result"] == "applied"]
+    [replayed] = [
+        e
+        for e in audit.read(rt.sql, "orders-sqlstore")
+        if e.action == "replay" and e.details["result"] == "applied"
+    ]
     assert replayed.actor == "alice" and replayed.details["message_id"] == poison_id
 
 
@@ -99,8 +117,16 @@ def test_every_kind_of_poison_and_a_stale_replay(world) -> None:
     "stale": the newer row is kept, as the version rules say."""
     rt = world.runtime
     manage.add(rt, "orders-sqlstore")
-    other = Event(event_id="c1", entity="customers", op="upsert", id="x", client_id="c",
-                  version=1, occurred_at=datetime(2024, 1, 1, tzinfo=UTC), data={})
+    other = Event(
+        event_id="c1",
+        entity="customers",
+        op="upsert",
+        id="x",
+        client_id="c",
+        version=1,
+        occurred_at=datetime(2024, 1, 1, tzinfo=UTC),
+        data={},
+    )
     unknown = json.loads(_event("u", 1).to_json_bytes()) | {"entity": "invoices"}
     no_version = json.loads(_event("n", 1).to_json_bytes())
     del no_version["version"]
@@ -120,8 +146,9 @@ def test_every_kind_of_poison_and_a_stale_replay(world) -> None:
     old_id = publish_raw(world.settings, old_poison.to_json_bytes(), **old_poison.attributes)
 
     with world.worker("orders-sqlstore"):
-        wait_until(lambda: world.processed("orders-sqlstore") >= len(ids) + 2, 60,
-                   "every message handled")
+        wait_until(
+            lambda: world.processed("orders-sqlstore") >= len(ids) + 2, 60, "every message handled"
+        )
     logged = {f.message_id: f for f in failures.list_failures(rt.sql)}
     assert set(logged) == {*ids, old_id}
     for message_id, reason in ids.items():
@@ -130,8 +157,9 @@ def test_every_kind_of_poison_and_a_stale_replay(world) -> None:
     row = rt.sql.get(world.entity, "client-009-a")
     assert row is not None and row.version == 2
 
-    outcome = failures.replay(rt, logged[old_id],
-                              data=_event("client-009-a", 1, quantity=1).to_json_bytes())
+    outcome = failures.replay(
+        rt, logged[old_id], data=_event("client-009-a", 1, quantity=1).to_json_bytes()
+    )
     assert outcome.result == "stale"
     row = rt.sql.get(world.entity, "client-009-a")
     assert row is not None and row.version == 2 and row.values["quantity"] == 20

@@ -14,8 +14,12 @@ from cutover.synthetic import generate_history
 from stores.mapping import row_from_event
 from subscribers import audit, manage
 
-LOCAL_SERVER_DROPS = {"dead_letter_topic", "max_delivery_attempts", "retry_min_backoff_s",
-                      "retry_max_backoff_s"}
+LOCAL_SERVER_DROPS = {
+    "dead_letter_topic",
+    "max_delivery_attempts",
+    "retry_min_backoff_s",
+    "retry_max_backoff_s",
+}
 
 
 def _server_subscriptions(world) -> dict:
@@ -47,8 +51,9 @@ def test_add_creates_topics_and_subscription_as_declared(declared_world) -> None
     assert actual.ack_deadline_seconds == 60
     assert actual.enable_message_ordering is True
     # Only settings this server drops may remain different, and add says so.
-    assert {d.field for d in manage.drift(rt.settings, rt.cfg.subscription("orders-sqlstore"),
-                                          actual)} <= LOCAL_SERVER_DROPS
+    assert {
+        d.field for d in manage.drift(rt.settings, rt.cfg.subscription("orders-sqlstore"), actual)
+    } <= LOCAL_SERVER_DROPS
 
     assert manage.add(rt, "orders-sqlstore").done[0].startswith("already exists")
     [entry] = audit.read(rt.sql, "orders-sqlstore")
@@ -87,8 +92,10 @@ message_ordering = false
     assert "immutable" in result.output
     actual = _server_subscriptions(declared_world)["customers-sqlstore"]
     assert actual.ack_deadline_seconds == 30
-    left = {d.field for d in manage.drift(rt2.settings, rt2.cfg.subscription("customers-sqlstore"),
-                                          actual)}
+    left = {
+        d.field
+        for d in manage.drift(rt2.settings, rt2.cfg.subscription("customers-sqlstore"), actual)
+    }
     assert "ack_deadline_s" not in left and "message_ordering" in left
     entry = next(e for e in audit.read(rt2.sql, "customers-sqlstore") if e.action == "sync")
     assert entry.actor == "bob"
@@ -101,8 +108,12 @@ def test_list_shows_missing_and_undeclared_subscriptions(declared_world, cli_run
     s = declared_world.settings
     pubsub.ensure_topic(s, "orders")
     client = pubsub.subscriber(s)
-    client.create_subscription(request={"name": pubsub.subscription_path(s, "stray-sub"),
-                                        "topic": pubsub.topic_path(s, "orders")})
+    client.create_subscription(
+        request={
+            "name": pubsub.subscription_path(s, "stray-sub"),
+            "topic": pubsub.topic_path(s, "orders"),
+        }
+    )
     client.close()
     result = cli_runner.invoke(cli, ["subs", "list"])
     assert result.exit_code == 0, result.output

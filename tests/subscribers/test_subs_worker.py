@@ -26,8 +26,9 @@ from subscribers import counters, manage
 
 def _history(entity, seed: int, ids_per_client: int = 600):
     """5,000+ events: 4 clients, up to 4 versions per id, deletes, 15% duplicates, shuffled."""
-    original = generate_history(entity, clients=4, ids_per_client=ids_per_client, versions=4,
-                                delete_rate=0.2, seed=seed)
+    original = generate_history(
+        entity, clients=4, ids_per_client=ids_per_client, versions=4, delete_rate=0.2, seed=seed
+    )
     events = with_faults(original, duplicate_rate=0.15, shuffle=True, seed=seed)
     assert len(events) >= 5000
     assert any(e.op == "delete" for e in events)
@@ -46,10 +47,13 @@ def test_sqlstore_sink_two_workers_end_equal_to_reference(world) -> None:
     events = _history(world.entity, seed=11)
     publish(world.settings, events)
 
-    with world.worker("orders-sqlstore") as w1, \
-            world.worker("orders-sqlstore", runtime=world.new_runtime()) as w2:
-        wait_until(lambda: world.processed("orders-sqlstore") >= len(events), 120,
-                   "every event committed")
+    with (
+        world.worker("orders-sqlstore") as w1,
+        world.worker("orders-sqlstore", runtime=world.new_runtime()) as w2,
+    ):
+        wait_until(
+            lambda: world.processed("orders-sqlstore") >= len(events), 120, "every event committed"
+        )
     assert sql_differences(rt.sql, world.entity, events) == []
 
     totals = [w1.totals("orders-sqlstore"), w2.totals("orders-sqlstore")]
@@ -62,7 +66,8 @@ def test_sqlstore_sink_two_workers_end_equal_to_reference(world) -> None:
     assert stored.stale > 0  # duplicates and out-of-order versions were skipped
     assert stored.last_event_at == max(e.occurred_at for e in events)
     lag = w1.metrics.registry.get_sample_value(
-        "cutover_subs_event_lag_seconds_count", {"subscription": "orders-sqlstore"})
+        "cutover_subs_event_lag_seconds_count", {"subscription": "orders-sqlstore"}
+    )
     assert lag == totals[0]["applied"] + totals[0]["stale"]
 
 
@@ -75,8 +80,11 @@ def test_rethinkdb_sink_ends_equal_to_reference(world) -> None:
     publish(world.settings, events)
 
     with world.worker("orders-rethinkdb"):
-        wait_until(lambda: world.processed("orders-rethinkdb") >= len(events), 120,
-                   "every event written to RethinkDB")
+        wait_until(
+            lambda: world.processed("orders-rethinkdb") >= len(events),
+            120,
+            "every event written to RethinkDB",
+        )
     assert rethink_differences(rt.rethink, world.entity, events) == []
     assert rt.sql.count(world.entity, include_deleted=True) == 0  # nothing leaked to SQL
 
@@ -94,38 +102,41 @@ def test_sigkill_mid_stream_then_restart_loses_nothing(world) -> None:
     publish(world.settings, events)
 
     first = world.spawn("orders-sqlstore")
-    wait_until(lambda: world.processed("orders-sqlstore") >= 300, 60, "the first commits",
-               interval=0.02)
+    wait_until(
+        lambda: world.processed("orders-sqlstore") >= 300, 60, "the first commits", interval=0.02
+    )
     first.send_signal(signal.SIGKILL)
     assert first.wait(10) == -signal.SIGKILL
     at_kill = world.processed("orders-sqlstore")
     assert at_kill < len(events), "the worker finished before it could be killed mid-stream"
 
     second = world.spawn("orders-sqlstore")
-    wait_until(lambda: world.processed("orders-sqlstore") >= at_kill + 500, 60,
-               "the second worker's commits", interval=0.02)
+    wait_until(
+        lambda: world.processed("orders-sqlstore") >= at_kill + 500,
+        60,
+        "the second worker's commits",
+        interval=0.02,
+    )
     assert stop_process(second, signal.SIGTERM) == 0
 
     third = world.spawn("orders-sqlstore")
     try:
-        wait_equal(lambda: sql_differences(rt.sql, world.entity, events), 120,
-                   "the table vs the reference")
+        wait_equal(
+            lambda: sql_differences(rt.sql, world.entity, events), 120, "the table vs the reference"
+        )
     finally:
         assert stop_process(third, signal.SIGTERM) == 0
     assert sql_differences(rt.sql, world.entity, events) == []
 
 
-def test_sql_server_stopped_mid_stream_worker_recovers(
-    world, private_postgres
-) -> None:
+def test_sql_server_stopped_mid_stream_worker_recovers(world, private_postgres) -> None:
     """The SQL server goes away for several seconds while events keep arriving.
 
     The worker must nack (not ack) the batches it cannot commit, keep running, and
     catch up by itself when the server is back: the table then equals the reference,
     so no message was acked before its commit.
     """
-    world.settings = world.settings.model_copy(
-        update={"sql_dsn": SecretStr(private_postgres.dsn)})
+    world.settings = world.settings.model_copy(update={"sql_dsn": SecretStr(private_postgres.dsn)})
     rt = world.runtime  # the first runtime: on the private server
     assert rt.settings.sql_dsn == SecretStr(private_postgres.dsn)
     manage.add(rt, "orders-sqlstore")
@@ -138,16 +149,21 @@ def test_sql_server_stopped_mid_stream_worker_recovers(
         private_postgres.stop()
         down_at = time.monotonic()
         publish(world.settings, events[half:])  # arrives while the store is down
-        wait_until(lambda: worker.totals("orders-sqlstore")["nacked_batches"] >= 2, 30,
-                   "batches nacked during the outage")
+        wait_until(
+            lambda: worker.totals("orders-sqlstore")["nacked_batches"] >= 2,
+            30,
+            "batches nacked during the outage",
+        )
         time.sleep(max(0.0, 4 - (time.monotonic() - down_at)))
         assert worker.error is None
         private_postgres.start()
-        wait_equal(lambda: sql_differences(rt.sql, world.entity, events), 120,
-                   "the table vs the reference after the outage")
+        wait_equal(
+            lambda: sql_differences(rt.sql, world.entity, events),
+            120,
+            "the table vs the reference after the outage",
+        )
         assert worker.error is None
         nacked = worker.totals("orders-sqlstore")["nacked_batches"]
     assert nacked >= 2
     assert sql_differences(rt.sql, world.entity, events) == []
     assert world.processed("orders-sqlstore") >= len(events)
-

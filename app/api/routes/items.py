@@ -79,8 +79,11 @@ def get_item(
     response.headers[STAGE_HEADER] = stage.value
     if row is None:
         raise HTTPException(
-            404, detail={"error": "NotFound", "reason": f"no {ent.name} {item_id!r} for "
-                         f"client {client_id!r}"},
+            404,
+            detail={
+                "error": "NotFound",
+                "reason": f"no {ent.name} {item_id!r} for client {client_id!r}",
+            },
             headers={STORE_HEADER: store, STAGE_HEADER: stage.value},
         )
     return present(ent, row)
