@@ -82,6 +82,23 @@ def config() -> Config:
 
 
 @pytest.fixture
+def flag_config(config: Config) -> Config:
+    """Entity names unique to this test: its flags are private on a shared Unleash."""
+    tag = uuid.uuid4().hex[:8]
+    entities = {
+        f"{name}_{tag}": e.model_copy(update={"name": f"{name}_{tag}"})
+        for name, e in config.entities.items()
+    }
+    return config.model_copy(update={"entities": entities, "subscriptions": {}})
+
+
+@pytest.fixture
+def orders(flag_config: Config) -> str:
+    """This test's name for the ``orders`` entity."""
+    return next(n for n in flag_config.entities if n.startswith("orders_"))
+
+
+@pytest.fixture
 def postgres_dsn(postgres_server: services.ServiceInfo) -> str:
     """An ODBC DSN for a fresh database in the private PostgreSQL cluster."""
     return create_database(postgres_server.extra["odbc_dsn"], unique("t"))

@@ -10,7 +10,6 @@ from __future__ import annotations
 import socket
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -19,31 +18,15 @@ import httpx
 import pytest
 import uvicorn
 from fastapi import FastAPI
+from support import make_runtime, seed_stores
 
 from app.main import create_app
 from cutover import services
 from cutover.config import Config
 from cutover.runtime import Runtime
 from cutover.settings import Settings
-from cutover.synthetic import generate_history, reference
 from flags.evaluator import StageSource
 from stores.mapping import Row
-
-
-@pytest.fixture
-def flag_config(config: Config) -> Config:
-    """Entity names unique to this test: its flags are private on a shared Unleash."""
-    tag = uuid.uuid4().hex[:8]
-    entities = {
-        f"{name}_{tag}": e.model_copy(update={"name": f"{name}_{tag}"})
-        for name, e in config.entities.items()
-    }
-    return config.model_copy(update={"entities": entities, "subscriptions": {}})
-
-
-@pytest.fixture
-def orders(flag_config: Config) -> str:
-    return next(n for n in flag_config.entities if n.startswith("orders_"))
 
 
 def unleash_overrides(info: services.ServiceInfo) -> dict[str, Any]:
@@ -76,21 +59,9 @@ def store_settings(
     return build
 
 
-def make_runtime(settings: Settings, cfg: Config) -> Runtime:
-    rt = Runtime(settings, cfg)
-    rt.sql.ensure_schema()
-    rt.rethink.ensure_tables()
-    return rt
-
-
 def seed(rt: Runtime, entity: str, *, clients: int = 3, ids: int = 9, seed: int = 11) -> list[Row]:
-    """The same history in both stores (they agree), tombstones included."""
-    ent = rt.cfg.entity(entity)
-    history = generate_history(ent, clients=clients, ids_per_client=ids, seed=seed, delete_rate=0.3)
-    rows = list(reference(ent, history).values())
-    rt.sql.apply(ent, rows)
-    rt.rethink.write(ent, rows)
-    return rows
+    """The same history in both stores (they agree), with many tombstones."""
+    return seed_stores(rt, entity, clients=clients, ids=ids, seed=seed, delete_rate=0.3)
 
 
 @pytest.fixture

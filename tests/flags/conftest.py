@@ -7,35 +7,17 @@ Unleash server (the open-source server has a single project and environment).
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from support import make_runtime, seed_stores
 
 from cutover import services
 from cutover.config import Config
 from cutover.runtime import Runtime
 from cutover.settings import Settings
-from cutover.synthetic import generate_history, reference
 from stores.mapping import Row
-
-
-@pytest.fixture
-def flag_config(config: Config) -> Config:
-    """The test's config with entity names unique to this test (and no subscriptions)."""
-    tag = uuid.uuid4().hex[:8]
-    entities = {
-        f"{name}_{tag}": e.model_copy(update={"name": f"{name}_{tag}"})
-        for name, e in config.entities.items()
-    }
-    return config.model_copy(update={"entities": entities, "subscriptions": {}})
-
-
-@pytest.fixture
-def orders(flag_config: Config) -> str:
-    """This test's name for the ``orders`` entity."""
-    return next(n for n in flag_config.entities if n.startswith("orders_"))
 
 
 @pytest.fixture
@@ -67,21 +49,9 @@ def file_settings(
     )
 
 
-def make_runtime(settings: Settings, cfg: Config) -> Runtime:
-    rt = Runtime(settings, cfg)
-    rt.sql.ensure_schema()
-    rt.rethink.ensure_tables()
-    return rt
-
-
 def seed(rt: Runtime, entity: str, *, clients: int = 3, ids: int = 6, seed: int = 7) -> list[Row]:
     """The same synthetic history in both stores (they agree); returns the rows."""
-    ent = rt.cfg.entity(entity)
-    history = generate_history(ent, clients=clients, ids_per_client=ids, seed=seed)
-    rows = list(reference(ent, history).values())
-    rt.sql.apply(ent, rows)
-    rt.rethink.write(ent, rows)
-    return rows
+    return seed_stores(rt, entity, clients=clients, ids=ids, seed=seed)
 
 
 @pytest.fixture
