@@ -8,9 +8,8 @@ and ``resume`` lets paused workers go on without restarting them.
 from __future__ import annotations
 
 from cutover.events import now_utc
-from stores.sql import SqlStore
+from stores.sql import SqlStore, bookkeeping
 
-from . import _db
 from .tables import CONTROL
 
 
@@ -18,11 +17,11 @@ def set_paused(sql: SqlStore, entity: str, paused: bool, reason: str = "") -> No
     now = now_utc()
     values = {"paused": paused, "reason": reason or None, "updated_at": now}
     with sql.transaction() as cur:
-        if not _db.update(cur, sql.dialect, CONTROL, values, {"entity": entity}):
-            _db.insert(cur, sql.dialect, CONTROL, {"entity": entity, **values})
+        if not bookkeeping.update(cur, sql.dialect, CONTROL, values, {"entity": entity}):
+            bookkeeping.insert(cur, sql.dialect, CONTROL, {"entity": entity, **values})
 
 
 def is_paused(sql: SqlStore, entity: str) -> bool:
     with sql.transaction() as cur:
-        recs = _db.select(cur, sql.dialect, CONTROL, {"entity": entity})
+        recs = bookkeeping.select(cur, sql.dialect, CONTROL, {"entity": entity})
     return bool(recs and recs[0]["paused"])

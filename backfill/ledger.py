@@ -18,9 +18,8 @@ from datetime import datetime
 from typing import Any
 
 from cutover.events import now_utc
-from stores.sql import Dialect, SqlStore
+from stores.sql import Dialect, SqlStore, bookkeeping
 
-from . import _db
 from .tables import LEDGER, TABLES
 
 NOT_STARTED, COPYING, COPIED, VERIFIED = "not_started", "copying", "copied", "verified"
@@ -96,7 +95,7 @@ def client_status(sql_store: SqlStore, entity_name: str, client_id: str) -> Ledg
     """The ledger entry of one client, or ``None`` when the backfill never saw it."""
     ensure_tables(sql_store)
     with sql_store.transaction() as cur:
-        recs = _db.select(
+        recs = bookkeeping.select(
             cur, sql_store.dialect, LEDGER, {"entity": entity_name, "client": client_id}
         )
     return LedgerEntry.from_record(recs[0]) if recs else None
@@ -106,7 +105,7 @@ def entries(sql_store: SqlStore, entity_name: str) -> list[LedgerEntry]:
     """Every client of an entity the ledger knows, by client id."""
     ensure_tables(sql_store)
     with sql_store.transaction() as cur:
-        recs = _db.select(
+        recs = bookkeeping.select(
             cur, sql_store.dialect, LEDGER, {"entity": entity_name}, order_by=("client",)
         )
     return [LedgerEntry.from_record(r) for r in recs]
@@ -133,8 +132,8 @@ def start_copy(
         "copy_seconds": None,
         "updated_at": now,
     }
-    if not _db.update(cur, d, LEDGER, values, {"entity": entity, "client": client}):
-        _db.insert(cur, d, LEDGER, {"entity": entity, "client": client, **values})
+    if not bookkeeping.update(cur, d, LEDGER, values, {"entity": entity, "client": client}):
+        bookkeeping.insert(cur, d, LEDGER, {"entity": entity, "client": client, **values})
 
 
 def add_rows(
@@ -144,12 +143,12 @@ def add_rows(
     for client in sorted(counts):  # one lock order for every writer: no deadlocks
         n = counts[client]
         where = {"entity": entity, "client": client}
-        if _db.update(
+        if bookkeeping.update(
             cur, d, LEDGER, {"updated_at": now}, {**where, "run_id": run_id}, add={"rows_copied": n}
         ):
             continue
         start_copy(cur, d, entity, client, run_id, None, now)
-        _db.update(cur, d, LEDGER, {}, where, add={"rows_copied": n})
+        bookkeeping.update(cur, d, LEDGER, {}, where, add={"rows_copied": n})
 
 
 def mark_copied(
@@ -160,10 +159,10 @@ def mark_copied(
     if client is not None:
         where["client"] = client
     done = []
-    for rec in _db.select(cur, d, LEDGER, where):
+    for rec in bookkeeping.select(cur, d, LEDGER, where):
         started = rec["copy_started_at"]
         seconds = (now - started).total_seconds() if started else None
-        _db.update(
+        bookkeeping.update(
             cur,
             d,
             LEDGER,
@@ -189,7 +188,7 @@ def record_verification(
     """Store a verification's result; only a clean full one makes a client ``verified``."""
     now = finished_at or now_utc()
     where = {"entity": entity, "client": client}
-    recs = _db.select(cur, d, LEDGER, where)
+    recs = bookkeeping.select(cur, d, LEDGER, where)
     state = recs[0]["state"] if recs else NOT_STARTED
     if clean and mode == "full" and state == COPIED:
         state = VERIFIED
@@ -207,6 +206,6 @@ def record_verification(
     if clean:
         values["last_clean_at"] = now
     if recs:
-        _db.update(cur, d, LEDGER, values, where)
+        bookkeeping.update(cur, d, LEDGER, values, where)
     else:
-        _db.insert(cur, d, LEDGER, {**where, "rows_copied": 0, **values})
+        bookkeeping.insert(cur, d, LEDGER, {**where, "rows_copied": 0, **values})

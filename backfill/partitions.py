@@ -31,9 +31,9 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from cutover.events import now_utc
-from stores.sql import SqlStore
+from stores.sql import SqlStore, bookkeeping
 
-from . import _db, ledger
+from . import ledger
 from .sources import PlannedPartition
 from .tables import BAD_DOCS, PARTITIONS, RUNS
 
@@ -130,19 +130,23 @@ def run_id_for(entity: str, source_identity: str, selection: Sequence[str] | Non
 # -- runs ---------------------------------------------------------------------------------
 def get_run(sql: SqlStore, run_id: str) -> Run | None:
     with sql.transaction() as cur:
-        recs = _db.select(cur, sql.dialect, RUNS, {"run_id": run_id})
+        recs = bookkeeping.select(cur, sql.dialect, RUNS, {"run_id": run_id})
     return Run.from_record(recs[0]) if recs else None
 
 
 def runs_for(sql: SqlStore, entity: str) -> list[Run]:
     with sql.transaction() as cur:
-        recs = _db.select(cur, sql.dialect, RUNS, {"entity": entity}, order_by=("created_at",))
+        recs = bookkeeping.select(
+            cur, sql.dialect, RUNS, {"entity": entity}, order_by=("created_at",)
+        )
     return [Run.from_record(r) for r in recs]
 
 
 def partitions_of(sql: SqlStore, run_id: str) -> list[Partition]:
     with sql.transaction() as cur:
-        recs = _db.select(cur, sql.dialect, PARTITIONS, {"run_id": run_id}, order_by=("ord",))
+        recs = bookkeeping.select(
+            cur, sql.dialect, PARTITIONS, {"run_id": run_id}, order_by=("ord",)
+        )
     return [Partition.from_record(r) for r in recs]
 
 
@@ -170,7 +174,7 @@ def ensure_run(
     now = now_utc()
     d = sql.dialect
     with sql.transaction() as cur:
-        fresh = _db.insert_missing(
+        fresh = bookkeeping.insert_missing(
             cur,
             d,
             RUNS,
@@ -188,7 +192,7 @@ def ensure_run(
         )
         if fresh:
             for i, p in enumerate(planned):
-                _db.insert(
+                bookkeeping.insert(
                     cur,
                     d,
                     PARTITIONS,
@@ -223,7 +227,9 @@ def _forget(sql: SqlStore, run_id: str) -> None:
     """Drop a run's plan and checkpoints so it starts over (``--restart``)."""
     now = now_utc()
     with sql.transaction() as cur:
-        pending = _db.select(cur, sql.dialect, PARTITIONS, {"run_id": run_id, "status": PENDING})
+        pending = bookkeeping.select(
+            cur, sql.dialect, PARTITIONS, {"run_id": run_id, "status": PENDING}
+        )
         live = [
             p
             for p in pending
@@ -237,9 +243,9 @@ def _forget(sql: SqlStore, run_id: str) -> None:
                 f"run {run_id} has {len(live)} partition(s) leased by live workers "
                 f"({', '.join(sorted({p['owner'] for p in live}))}); stop them before --restart"
             )
-        _db.delete(cur, sql.dialect, PARTITIONS, {"run_id": run_id})
-        _db.delete(cur, sql.dialect, BAD_DOCS, {"run_id": run_id})
-        _db.delete(cur, sql.dialect, RUNS, {"run_id": run_id})
+        bookkeeping.delete(cur, sql.dialect, PARTITIONS, {"run_id": run_id})
+        bookkeeping.delete(cur, sql.dialect, BAD_DOCS, {"run_id": run_id})
+        bookkeeping.delete(cur, sql.dialect, RUNS, {"run_id": run_id})
 
 
 def finish_run_if_complete(sql: SqlStore, run_id: str, entity: str) -> bool:
@@ -253,7 +259,7 @@ def finish_run_if_complete(sql: SqlStore, run_id: str, entity: str) -> bool:
     d = sql.dialect
     q = d.quote
     with sql.transaction() as cur:
-        if not _db.update(
+        if not bookkeeping.update(
             cur,
             d,
             RUNS,
@@ -308,7 +314,7 @@ class Leases:
         q = d.quote
         now = now_utc()
         with self.sql.transaction() as cur:
-            free = _db.select(
+            free = bookkeeping.select(
                 cur,
                 d,
                 PARTITIONS,
@@ -318,7 +324,7 @@ class Leases:
                 order_by=("ord",),
                 limit=50,
             )
-            held = _db.select(
+            held = bookkeeping.select(
                 cur,
                 d,
                 PARTITIONS,
@@ -334,7 +340,7 @@ class Leases:
         for rec, dead_owner in candidates:
             if self._claim(rec["part"], dead_owner):
                 with self.sql.transaction() as cur:
-                    got = _db.select(cur, d, PARTITIONS, self._key(rec["part"]))
+                    got = bookkeeping.select(cur, d, PARTITIONS, self._key(rec["part"]))
                 return Partition.from_record(got[0])
         return None
 
@@ -346,9 +352,9 @@ class Leases:
         where = {**self._key(part), "status": PENDING}
         with self.sql.transaction() as cur:
             if dead_owner is not None:
-                won = _db.update(cur, d, PARTITIONS, values, {**where, "owner": dead_owner})
+                won = bookkeeping.update(cur, d, PARTITIONS, values, {**where, "owner": dead_owner})
             else:
-                won = _db.update(
+                won = bookkeeping.update(
                     cur,
                     d,
                     PARTITIONS,
@@ -358,7 +364,7 @@ class Leases:
                     extra_params=[d.to_db("datetime", now)],
                 )
             if won:
-                _db.update(
+                bookkeeping.update(
                     cur, d, PARTITIONS, {"started_at": now}, {**self._key(part), "started_at": None}
                 )
         return bool(won)
@@ -392,7 +398,7 @@ class Leases:
             values["last_key"] = last_key
         if done:
             values.update(status=DONE, finished_at=now, owner=None, lease_expires=None)
-        changed = _db.update(
+        changed = bookkeeping.update(
             cur,
             d,
             PARTITIONS,
@@ -414,7 +420,7 @@ class Leases:
         now = now_utc()
         with self.sql.transaction() as cur:
             return bool(
-                _db.update(
+                bookkeeping.update(
                     cur,
                     self.sql.dialect,
                     PARTITIONS,
@@ -427,7 +433,7 @@ class Leases:
         """Give a partition back (stop, Ctrl-C) so another worker can go on at once."""
         now = now_utc()
         with self.sql.transaction() as cur:
-            _db.update(
+            bookkeeping.update(
                 cur,
                 self.sql.dialect,
                 PARTITIONS,
@@ -438,7 +444,7 @@ class Leases:
     def pending(self) -> int:
         with self.sql.transaction() as cur:
             return len(
-                _db.select(
+                bookkeeping.select(
                     cur, self.sql.dialect, PARTITIONS, {"run_id": self.run_id, "status": PENDING}
                 )
             )

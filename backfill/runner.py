@@ -27,9 +27,9 @@ from cutover.config import Entity
 from cutover.events import now_utc
 from stores.mapping import MappingError, Row, row_from_document
 from stores.rethink import RethinkUnavailable
-from stores.sql import SqlStore, StoreUnavailable, WriteResult
+from stores.sql import SqlStore, StoreUnavailable, WriteResult, bookkeeping
 
-from . import _db, control, ledger
+from . import control, ledger
 from .partitions import (
     DONE,
     LeaseLost,
@@ -277,7 +277,7 @@ class Backfill:
     def _summary(self, run: Run, started: float) -> Summary:
         parts = partitions_of(self.sql, self.run_id)
         with self.sql.transaction() as cur:
-            bad = _db.select(
+            bad = bookkeeping.select(
                 cur, self.sql.dialect, BAD_DOCS, {"run_id": self.run_id}, order_by=("ref",)
             )
         return Summary(
@@ -379,7 +379,7 @@ class Backfill:
         with self.sql.transaction() as cur:
             result = self.sql.apply(self.entity, rows, cursor=cur) if rows else WriteResult()
             for b in bad:
-                _db.insert_missing(
+                bookkeeping.insert_missing(
                     cur,
                     d,
                     BAD_DOCS,

@@ -39,10 +39,10 @@ from typing import Any
 from cutover.config import Entity
 from cutover.events import now_utc
 from stores.mapping import MappingError, Row, differing_fields, row_from_document
-from stores.sql import SqlStore
+from stores.sql import SqlStore, bookkeeping
 from stores.sql.schema import DELETED
 
-from . import _db, ledger
+from . import ledger
 from .progress import Progress
 from .sources import Source, SourceError
 from .tables import VERIFICATIONS
@@ -647,7 +647,7 @@ class Verifier:
                     "by_kind": res.by_kind,
                     "report_path": report_path,
                 }
-                _db.insert(cur, d, VERIFICATIONS, values)
+                bookkeeping.insert(cur, d, VERIFICATIONS, values)
 
 
 def _state(d: Difference) -> tuple[Any, ...]:

@@ -14,9 +14,8 @@ from datetime import datetime
 from typing import Any
 
 from cutover.events import now_utc
-from stores.sql import SqlStore
+from stores.sql import SqlStore, bookkeeping
 
-from . import _sql
 from .tables import AUDIT
 
 
@@ -45,17 +44,17 @@ def write(
         uuid.uuid4().hex, now_utc(), actor or default_actor(), action, subscription, details
     )
     with store.transaction() as cur:
-        cur.execute(*_sql.insert(store.dialect, AUDIT, entry.__dict__))
+        cur.execute(*bookkeeping.insert_sql(store.dialect, AUDIT, entry.__dict__))
     return entry
 
 
 def read(store: SqlStore, subscription: str | None = None, limit: int = 100) -> list[AuditEntry]:
     """The newest entries first, for one subscription or all."""
     d, q = store.dialect, store.dialect.quote
-    sql, params = _sql.select(d, AUDIT), []
+    sql, params = bookkeeping.select_sql(d, AUDIT), []
     if subscription is not None:
         sql += f" WHERE {q('subscription')} = ?"
         params.append(subscription)
     with store.transaction() as cur:
         cur.execute(d.limit(f"{sql} ORDER BY {q('at')} DESC", limit), params)
-        return [AuditEntry(**_sql.record(d, AUDIT, r)) for r in cur.fetchall()]
+        return [AuditEntry(**bookkeeping.record(d, AUDIT, r)) for r in cur.fetchall()]

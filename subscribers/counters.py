@@ -14,9 +14,8 @@ from typing import Any
 import pyodbc
 
 from cutover.events import now_utc
-from stores.sql import SqlStore
+from stores.sql import SqlStore, bookkeeping
 
-from . import _sql
 from .tables import COUNTERS
 
 
@@ -44,9 +43,9 @@ def create(store: SqlStore, subscription: str) -> None:
                 f"SELECT 1 FROM {q(COUNTERS.name)} WHERE {q('subscription')} = ?", subscription
             )
             if cur.fetchone() is None:
-                cur.execute(*_sql.insert(store.dialect, COUNTERS, _zero(subscription)))
+                cur.execute(*bookkeeping.insert_sql(store.dialect, COUNTERS, _zero(subscription)))
     except pyodbc.Error as exc:
-        if not _sql.is_duplicate_key(exc):
+        if not bookkeeping.is_duplicate_key(exc):
             raise
 
 
@@ -97,12 +96,12 @@ def add(
             "last_event_at": newest_event,
             "last_batch_at": now,
         }
-        cursor.execute(*_sql.insert(d, COUNTERS, row))
+        cursor.execute(*bookkeeping.insert_sql(d, COUNTERS, row))
 
 
 def read_all(store: SqlStore) -> dict[str, Counts]:
     """Every subscription's totals."""
     with store.transaction() as cur:
-        cur.execute(_sql.select(store.dialect, COUNTERS))
-        rows = [_sql.record(store.dialect, COUNTERS, r) for r in cur.fetchall()]
+        cur.execute(bookkeeping.select_sql(store.dialect, COUNTERS))
+        rows = [bookkeeping.record(store.dialect, COUNTERS, r) for r in cur.fetchall()]
     return {r["subscription"]: Counts(**r) for r in rows}

@@ -25,9 +25,9 @@ from cutover.config import ConfigError, Subscription
 from cutover.events import EventError, now_utc
 from cutover.runtime import Runtime
 from stores.mapping import MappingError
-from stores.sql import SqlStore
+from stores.sql import SqlStore, bookkeeping
 
-from . import _sql, audit
+from . import audit
 from .decode import decode
 from .sinks import sink_for
 from .tables import FAILURES
@@ -153,7 +153,7 @@ def record(
             "last_seen": now,
             "status": "open",
         }
-        cursor.execute(*_sql.insert(d, FAILURES, values))
+        cursor.execute(*bookkeeping.insert_sql(d, FAILURES, values))
 
 
 def _failure(row: dict[str, Any]) -> Failure:
@@ -181,26 +181,26 @@ def list_failures(
     if status is not None:
         where.append(f"{q('status')} = ?")
         params.append(status)
-    sql = _sql.select(d, FAILURES)
+    sql = bookkeeping.select_sql(d, FAILURES)
     if where:
         sql += " WHERE " + " AND ".join(where)
     sql = d.limit(f"{sql} ORDER BY {q('last_seen')} DESC, {q('message_id')}", limit)
     with store.transaction() as cur:
         cur.execute(sql, params)
-        return [_failure(_sql.record(d, FAILURES, r)) for r in cur.fetchall()]
+        return [_failure(bookkeeping.record(d, FAILURES, r)) for r in cur.fetchall()]
 
 
 def get(store: SqlStore, message_id: str, subscription: str | None = None) -> Failure:
     """One entry by message id (and subscription when the id is on several)."""
     d, q = store.dialect, store.dialect.quote
-    sql = f"{_sql.select(d, FAILURES)} WHERE {q('message_id')} = ?"
+    sql = f"{bookkeeping.select_sql(d, FAILURES)} WHERE {q('message_id')} = ?"
     params = [message_id]
     if subscription is not None:
         sql += f" AND {q('subscription')} = ?"
         params.append(subscription)
     with store.transaction() as cur:
         cur.execute(sql, params)
-        found = [_failure(_sql.record(d, FAILURES, r)) for r in cur.fetchall()]
+        found = [_failure(bookkeeping.record(d, FAILURES, r)) for r in cur.fetchall()]
     where = f" on {subscription!r}" if subscription else ""
     if not found:
         raise FailureNotFound(f"no failure-log entry for message {message_id!r}{where}")

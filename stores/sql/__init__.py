@@ -1,5 +1,6 @@
 """The SQL Server store (and its stand-ins) behind one batch write path."""
 
+from . import bookkeeping
 from .dialects import DIALECTS, Dialect, get_dialect
 from .schema import Col, Table, entity_table
 from .store import SqlStore, StoreUnavailable, WriteResult, is_transient, newest
@@ -12,6 +13,7 @@ __all__ = [
     "StoreUnavailable",
     "Table",
     "WriteResult",
+    "bookkeeping",
     "entity_table",
     "get_dialect",
     "is_transient",

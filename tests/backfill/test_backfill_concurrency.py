@@ -22,7 +22,7 @@ from backfill_helpers import FAST, assert_state, docs_for, history_state, quiet
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from backfill import _db, ledger
+from backfill import ledger
 from backfill.partitions import partitions_of
 from backfill.runner import Backfill
 from backfill.sources import DocStream, ExportSource, RethinkSource, find_table_file
@@ -31,7 +31,7 @@ from cutover.config import Entity
 from cutover.events import Event, now_utc
 from cutover.synthetic import generate_history, reference, with_faults
 from stores.mapping import Row, row_from_event
-from stores.sql import SqlStore
+from stores.sql import SqlStore, bookkeeping
 
 Export = Callable[[Entity, list[dict[str, Any]]], ExportSource]
 Live = Callable[[Entity, list[dict[str, Any]]], RethinkSource]
@@ -189,7 +189,7 @@ def _set_lease(sql: SqlStore, run_id: str, part: str, owner: str, seconds: float
     from datetime import timedelta
 
     with sql.transaction() as cur:
-        _db.update(
+        bookkeeping.update(
             cur,
             sql.dialect,
             PARTITIONS,

@@ -1,9 +1,10 @@
-"""Small, dialect-safe statements over the backfill's bookkeeping tables.
+"""Small, dialect-safe statements over cutover's own bookkeeping tables.
 
-Every statement is built from a :class:`~stores.sql.Table` declaration: identifiers
-only through ``dialect.quote``, values only as ``?`` parameters bound with
-``dialect.to_db`` and read back with ``dialect.from_db``, so the same code runs on
-SQL Server, PostgreSQL and SQLite.
+Checkpoints, leases, the ledger, the failure log, audit and counters are all declared
+as :class:`~stores.sql.Table`; every area reads and writes them through these
+functions. Identifiers only through ``dialect.quote``, values only as ``?`` parameters
+bound with ``dialect.to_db`` and read back with ``dialect.from_db``, so the same code
+runs on SQL Server, PostgreSQL and SQLite.
 """
 
 from __future__ import annotations
@@ -11,7 +12,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from stores.sql import Dialect, Table
+from .dialects import Dialect
+from .schema import Table
 
 
 def _where(dialect: Dialect, table: Table, where: Mapping[str, Any]) -> tuple[str, list[Any]]:
@@ -26,6 +28,17 @@ def _where(dialect: Dialect, table: Table, where: Mapping[str, Any]) -> tuple[st
     return " AND ".join(parts) or "1 = 1", params
 
 
+def select_sql(dialect: Dialect, table: Table) -> str:
+    """``SELECT <every column> FROM table`` in declaration order (see :func:`record`)."""
+    cols = ", ".join(dialect.quote(c.name) for c in table.columns)
+    return f"SELECT {cols} FROM {dialect.quote(table.name)}"
+
+
+def record(dialect: Dialect, table: Table, row: Sequence[Any]) -> dict[str, Any]:
+    """A fetched row of :func:`select_sql` as ``{column: python value}``."""
+    return {c.name: dialect.from_db(c.kind, v) for c, v in zip(table.columns, row, strict=True)}
+
+
 def select(
     cur: Any,
     dialect: Dialect,
@@ -35,35 +48,60 @@ def select(
     extra: str = "",
     extra_params: Sequence[Any] = (),
     order_by: Sequence[str] = (),
+    descending: bool = False,
     limit: int | None = None,
 ) -> list[dict[str, Any]]:
     """Rows of a bookkeeping table as dicts of Python values."""
     q = dialect.quote
-    cols = ", ".join(q(c.name) for c in table.columns)
     cond, params = _where(dialect, table, where)
-    sql = f"SELECT {cols} FROM {q(table.name)} WHERE {cond}"
+    sql = f"{select_sql(dialect, table)} WHERE {cond}"
     if extra:
         sql += f" AND ({extra})"
         params.extend(extra_params)
     if order_by:
-        sql += " ORDER BY " + ", ".join(q(c) for c in order_by)
+        direction = " DESC" if descending else ""
+        sql += " ORDER BY " + ", ".join(f"{q(c)}{direction}" for c in order_by)
         if limit is not None:
             sql = dialect.limit(sql, limit)
     cur.execute(sql, params)
-    return [
-        {c.name: dialect.from_db(c.kind, v) for c, v in zip(table.columns, rec, strict=True)}
-        for rec in cur.fetchall()
-    ]
+    return [record(dialect, table, rec) for rec in cur.fetchall()]
+
+
+def count_by(
+    cur: Any,
+    dialect: Dialect,
+    table: Table,
+    group: str,
+    where: Mapping[str, Any],
+    *,
+    extra: str = "",
+    extra_params: Sequence[Any] = (),
+) -> dict[Any, int]:
+    """``SELECT group, COUNT(*) ... GROUP BY group`` as a dict."""
+    q = dialect.quote
+    cond, params = _where(dialect, table, where)
+    if extra:
+        cond += f" AND ({extra})"
+        params.extend(extra_params)
+    column = q(group)
+    cur.execute(
+        f"SELECT {column}, COUNT(*) FROM {q(table.name)} WHERE {cond} GROUP BY {column}", params
+    )
+    kind = table.col(group).kind
+    return {dialect.from_db(kind, rec[0]): int(rec[1]) for rec in cur.fetchall()}
+
+
+def insert_sql(dialect: Dialect, table: Table, values: Mapping[str, Any]) -> tuple[str, list[Any]]:
+    """An INSERT of one row (statement, parameters); ``values`` maps columns to values."""
+    q = dialect.quote
+    cols = [table.col(name) for name in values]
+    marks = ", ".join(dialect.placeholder(c.kind) for c in cols)
+    sql = f"INSERT INTO {q(table.name)} ({', '.join(q(c.name) for c in cols)}) VALUES ({marks})"
+    return sql, [dialect.to_db(c.kind, values[c.name]) for c in cols]
 
 
 def insert(cur: Any, dialect: Dialect, table: Table, values: Mapping[str, Any]) -> None:
-    q = dialect.quote
-    names = list(values)
-    cur.execute(
-        f"INSERT INTO {q(table.name)} ({', '.join(q(n) for n in names)}) "
-        f"VALUES ({', '.join('?' for _ in names)})",
-        [dialect.to_db(table.col(n).kind, values[n]) for n in names],
-    )
+    cur.execute(*insert_sql(dialect, table, values))
 
 
 def insert_missing(cur: Any, dialect: Dialect, table: Table, values: Mapping[str, Any]) -> bool:
@@ -127,3 +165,9 @@ def delete(cur: Any, dialect: Dialect, table: Table, where: Mapping[str, Any]) -
     cond, params = _where(dialect, table, where)
     cur.execute(f"DELETE FROM {dialect.quote(table.name)} WHERE {cond}", params)
     return int(cur.rowcount or 0)
+
+
+def is_duplicate_key(exc: BaseException) -> bool:
+    """A primary-key clash (SQLSTATE class 23): another worker inserted the row first."""
+    state = str(exc.args[0]) if getattr(exc, "args", None) else ""
+    return state.startswith("23")
