@@ -11,13 +11,16 @@ from __future__ import annotations
 import json
 import math
 import unicodedata
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from types import MappingProxyType
 from typing import Any
 
 from cutover.config import Column, ColumnType, Entity
 from cutover.events import Event
+
+from . import jsontext
 
 
 class MappingError(ValueError):
@@ -44,43 +47,78 @@ class Row:
         return (self.version, self.deleted)
 
 
-def _coerce(column: Column, value: Any) -> Any:
-    """Check and normalise one value for its column type."""
-    if value is None:
-        if not column.nullable:
-            raise ValueError("is null but the column is not nullable")
-        return None
-    kind = column.type
+Check = Callable[[Any], Any]
+
+
+def _checker(column: Column) -> Check:
+    """The check-and-normalise function of one column, with the type dispatch done once.
+
+    Mapping runs for every event and every backfilled document, so the per-value work
+    is a type test and nothing else; the error messages say what was expected.
+    """
+    kind, max_length = column.type, column.max_length
+    check: Check
     if kind is ColumnType.STRING:
-        if not isinstance(value, str):
-            raise ValueError(f"expected a string, got {type(value).__name__}")
-        if column.max_length is not None and len(value) > column.max_length:
-            raise ValueError(f"is {len(value)} characters, longer than {column.max_length}")
+
+        def check(value: Any) -> Any:
+            if not isinstance(value, str):
+                raise ValueError(f"expected a string, got {type(value).__name__}")
+            if max_length is not None and len(value) > max_length:
+                raise ValueError(f"is {len(value)} characters, longer than {max_length}")
+            return value
+
+    elif kind is ColumnType.INT:
+
+        def check(value: Any) -> Any:
+            if type(value) is not int and (isinstance(value, bool) or not isinstance(value, int)):
+                raise ValueError(f"expected an integer, got {type(value).__name__}")
+            if not -(2**63) <= value < 2**63:
+                raise ValueError("integer out of the 64-bit range")
+            return value
+
+    elif kind is ColumnType.FLOAT:
+
+        def check(value: Any) -> Any:
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise ValueError(f"expected a number, got {type(value).__name__}")
+            if not math.isfinite(value):
+                raise ValueError("NaN and infinity cannot be stored")
+            return float(value)
+
+    elif kind is ColumnType.BOOL:
+
+        def check(value: Any) -> Any:
+            if not isinstance(value, bool):
+                raise ValueError(f"expected true or false, got {type(value).__name__}")
+            return value
+
+    elif kind is ColumnType.DATETIME:
+        check = parse_datetime
+    else:
+        check = _check_json
+    if column.nullable:
+        return lambda value: None if value is None else check(value)
+
+    def not_null(value: Any) -> Any:
+        if value is None:
+            raise ValueError("is null but the column is not nullable")
+        return check(value)
+
+    return not_null
+
+
+def _check_json(value: Any) -> Any:
+    """JSON columns take anything JSON can carry; checked by serialising it."""
+    if type(value) in _JSON_SCALARS:
         return value
-    if kind is ColumnType.INT:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ValueError(f"expected an integer, got {type(value).__name__}")
-        if not -(2**63) <= value < 2**63:
-            raise ValueError("integer out of the 64-bit range")
-        return value
-    if kind is ColumnType.FLOAT:
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ValueError(f"expected a number, got {type(value).__name__}")
-        if not math.isfinite(value):
-            raise ValueError("NaN and infinity cannot be stored")
-        return float(value)
-    if kind is ColumnType.BOOL:
-        if not isinstance(value, bool):
-            raise ValueError(f"expected true or false, got {type(value).__name__}")
-        return value
-    if kind is ColumnType.DATETIME:
-        return parse_datetime(value)
-    # JSON: anything json can carry; checked by serialising it.
     try:
-        json.dumps(value, allow_nan=False)
+        jsontext.check(value)
     except (TypeError, ValueError) as exc:
         raise ValueError(f"is not JSON-serialisable: {exc}") from None
     return value
+
+
+_JSON_SCALARS = (str, int, bool)
 
 
 def parse_datetime(value: Any) -> datetime:
@@ -94,17 +132,55 @@ def parse_datetime(value: Any) -> datetime:
         raise ValueError(f"expected a timestamp, got {type(value).__name__}")
     if value.tzinfo is None:
         return value.replace(tzinfo=UTC)
+    if value.tzinfo is UTC:
+        return value
     return value.astimezone(UTC)
 
 
-def map_values(entity: Entity, data: Mapping[str, Any], *, key: str) -> dict[str, Any]:
-    """Map a document's or event's data fields to column values, strictly typed."""
+@dataclass(frozen=True, slots=True)
+class _Compiled:
+    """An entity's columns as (column name, source field, check, float-to-int)."""
+
+    entity: Entity
+    columns: tuple[tuple[str, str, Check, bool], ...]
+    empty: Mapping[str, None]
+
+
+_compiled: dict[int, _Compiled] = {}
+
+
+def _compile(entity: Entity) -> _Compiled:
+    """The entity's checks, built once per Entity object (they are immutable)."""
+    found = _compiled.get(id(entity))
+    if found is not None and found.entity is entity:
+        return found
+    made = _Compiled(
+        entity,
+        tuple((c.name, c.field, _checker(c), c.type is ColumnType.INT) for c in entity.columns),
+        MappingProxyType({c.name: None for c in entity.columns}),
+    )
+    _compiled[id(entity)] = made
+    return made
+
+
+def map_values(
+    entity: Entity, data: Mapping[str, Any], *, key: str, floats_as_ints: bool = False
+) -> dict[str, Any]:
+    """Map a document's or event's data fields to column values, strictly typed.
+
+    ``floats_as_ints`` accepts integral floats in integer columns: RethinkDB numbers
+    are doubles on the wire, so a document's ``3`` may arrive as ``3.0``.
+    """
     values: dict[str, Any] = {}
-    for column in entity.columns:
+    get = data.get
+    for name, source, check, is_int in _compile(entity).columns:
+        value = get(source)
+        if floats_as_ints and is_int and type(value) is float and value.is_integer():
+            value = int(value)
         try:
-            values[column.name] = _coerce(column, data.get(column.field))
+            values[name] = check(value)
         except ValueError as exc:
-            raise MappingError(f"{entity.name} {key!r}: field {column.field!r} {exc}") from None
+            raise MappingError(f"{entity.name} {key!r}: field {source!r} {exc}") from None
     return values
 
 
@@ -139,12 +215,7 @@ def row_from_document(entity: Entity, doc: Mapping[str, Any]) -> Row:
         raise MappingError(f"{where}: version field {entity.version!r} missing or not an int >= 0")
     if doc.get(entity.deleted_marker):
         return Row(key, client, version, True, _empty(entity))
-    data = dict(doc)
-    for column in entity.columns:
-        value = data.get(column.field)
-        if column.type is ColumnType.INT and isinstance(value, float) and value.is_integer():
-            data[column.field] = int(value)
-    return Row(key, client, version, False, map_values(entity, data, key=key))
+    return Row(key, client, version, False, map_values(entity, doc, key=key, floats_as_ints=True))
 
 
 def document_from_row(entity: Entity, row: Row) -> dict[str, Any]:
@@ -163,7 +234,7 @@ def document_from_row(entity: Entity, row: Row) -> dict[str, Any]:
 
 
 def _empty(entity: Entity) -> dict[str, Any]:
-    return {column.name: None for column in entity.columns}
+    return dict(_compile(entity).empty)
 
 
 FLOAT_TOLERANCE = 1e-9

@@ -74,6 +74,16 @@ class RethinkStore:
     def __repr__(self) -> str:
         return f"{self._params['host']}:{self._params['port']}"
 
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickled without its connections: another process opens its own."""
+        return {"config": self.config, "pool_size": self._pool_size, "params": self._params}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.config, self._params = state["config"], state["params"]
+        self._pool_size = state["pool_size"]
+        self._pool = queue.LifoQueue(self._pool_size)
+        self._pool_pid = os.getpid()
+
     @contextmanager
     def connection(self) -> Iterator[Any]:
         """A pooled connection, used by one caller at a time.

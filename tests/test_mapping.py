@@ -56,6 +56,8 @@ def test_document_maps_to_typed_row_and_back(config: Config) -> None:
         ({"amount": float("nan")}, "NaN"),
         ({"status": "x" * 40}, "longer than 32"),
         ({"placed_at": "soon"}, "RFC 3339"),
+        ({"meta": {"a": [1.0, float("nan")]}}, "field 'meta' is not JSON-serialisable"),
+        ({"meta": {"at": datetime(2024, 1, 1)}}, "field 'meta' is not JSON-serialisable"),
     ],
 )
 def test_bad_documents_are_rejected_naming_the_field(

@@ -3,12 +3,22 @@
 from . import bookkeeping
 from .dialects import DIALECTS, Dialect, get_dialect
 from .schema import Col, Table, entity_table
-from .store import SqlStore, StoreUnavailable, WriteResult, is_transient, newest
+from .store import (
+    PreparedRows,
+    RowEncoder,
+    SqlStore,
+    StoreUnavailable,
+    WriteResult,
+    is_transient,
+    newest,
+)
 
 __all__ = [
     "DIALECTS",
     "Col",
     "Dialect",
+    "PreparedRows",
+    "RowEncoder",
     "SqlStore",
     "StoreUnavailable",
     "Table",

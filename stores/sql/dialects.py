@@ -16,6 +16,7 @@ from typing import Any
 
 from cutover.config import IDENTIFIER, ColumnType
 from cutover.settings import Dialect as DialectName
+from stores import jsontext
 
 #: Types of the project's own bookkeeping tables (checkpoints, ledger, audit, ...).
 InternalType = str  # "key" | "text" | "int" | "float" | "bool" | "datetime"
@@ -103,11 +104,17 @@ class Dialect:
 
         sqliteodbc truncates 64-bit integers to 32 bits unless ``BigInt=1``; WAL and a
         busy timeout let a reader and a writer process share the file.
+
+        psqlodbc by default wraps every statement in a SAVEPOINT so that an error undoes
+        only that statement: two extra round trips per statement, for nothing here,
+        because the store rolls back the whole transaction on any error.
+        ``Protocol=7.4-1`` turns that off. ``CommLog=0`` stops Debian's packaged driver
+        from leaving a log file in /tmp per process.
         """
-        if self.name != "sqlite":
+        extra = _DSN_DEFAULTS.get(self.name)
+        if not extra:
             return dsn
         present = {p.split("=", 1)[0].strip().lower() for p in dsn.split(";") if "=" in p}
-        extra = {"BigInt": "1", "JournalMode": "WAL", "Timeout": "30000"}
         missing = [f"{k}={v}" for k, v in extra.items() if k.lower() not in present]
         return ";".join([dsn.rstrip(";"), *missing]) if missing else dsn
 
@@ -142,11 +149,13 @@ class Dialect:
             return _json_text
         if kind == "datetime":
             sep = " " if self.name == "sqlite" else "T"
-            return lambda value: (
-                value.astimezone(UTC)
-                .replace(tzinfo=None)
-                .isoformat(sep=sep, timespec="microseconds")
-            )
+
+            def naive_utc_text(value: datetime) -> str:
+                if value.tzinfo is not UTC:  # the mapping already made most of them UTC
+                    value = value.astimezone(UTC)
+                return value.replace(tzinfo=None).isoformat(sep=sep, timespec="microseconds")
+
+            return naive_utc_text
         return None
 
     def upsert(
@@ -207,7 +216,15 @@ class Dialect:
         )
 
 
-_json_text = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, sort_keys=True).encode
+def _json_text(value: Any) -> str:
+    """A JSON column's stored text: compact, keys sorted, so equal values store equal."""
+    return jsontext.dumps(value, sort_keys=True)
+
+
+_DSN_DEFAULTS: dict[str, dict[str, str]] = {
+    "sqlite": {"BigInt": "1", "JournalMode": "WAL", "Timeout": "30000"},
+    "postgresql": {"Protocol": "7.4-1", "CommLog": "0"},
+}
 
 _SCALAR_TYPES: dict[str, dict[str, str]] = {
     "mssql": {

@@ -9,7 +9,6 @@ a backfill racing the double-write all end in the newest version.
 
 from __future__ import annotations
 
-import json
 import queue
 import threading
 from collections.abc import Iterable, Iterator, Sequence
@@ -23,6 +22,7 @@ from cutover.config import Config, Entity
 from cutover.events import now_utc
 from cutover.settings import Settings, redact
 
+from .. import jsontext
 from ..mapping import Row
 from .dialects import Dialect, get_dialect
 from .schema import (
@@ -33,8 +33,6 @@ from .schema import (
     entity_table,
     entity_value_columns,
 )
-
-_batch_text = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
 
 class StoreUnavailable(RuntimeError):
@@ -79,6 +77,72 @@ class WriteResult:
 
     def __add__(self, other: WriteResult) -> WriteResult:
         return WriteResult(self.applied + other.applied, self.stale + other.stale)
+
+
+@dataclass(frozen=True)
+class PreparedRows:
+    """Rows of one entity ready for the upsert: newest per key, in key order, as JSON."""
+
+    entity: str
+    chunks: tuple[str, ...]  # one upsert statement's parameter each
+    received: int  # rows given, duplicates included (those count as stale)
+
+
+@dataclass(frozen=True)
+class RowEncoder:
+    """Turns rows into the upsert's JSON parameters; needs no connection.
+
+    Folding, sorting and serialising a batch is CPU work. Kept apart from the
+    connection, it can run in another thread or process (the backfill prepares its
+    next batch in a child process while the current one commits) and its result is
+    handed to :meth:`SqlStore.apply`.
+    """
+
+    dialect: Dialect
+    entity: Entity
+    table: Table
+
+    def prepare(self, rows: Sequence[Row]) -> PreparedRows:
+        """Newest row per key, in key order, as JSON chunks; stamped ``_updated_at`` now."""
+        # Key order: every writer locks rows in the same order, so a backfill batch and
+        # a subscription batch touching the same keys cannot deadlock each other.
+        unique = sorted(newest(rows), key=lambda row: row.key)
+        now = now_utc()
+        step = self.dialect.max_rows
+        chunks = tuple(
+            self.batch_json(unique[start : start + step], now)
+            for start in range(0, len(unique), step)
+        )
+        return PreparedRows(self.entity.name, chunks, len(rows))
+
+    def batch_json(self, rows: Sequence[Row], now: Any) -> str:
+        """The JSON parameter of the upsert: one object per row, keyed by column name."""
+        entity = self.entity
+        plain, converted = [], []
+        for column in entity_value_columns(entity, self.table):
+            convert = self.dialect.json_converter(column.kind)
+            if convert is None:
+                plain.append(column.name)
+            else:
+                converted.append((column.name, convert))
+        stamp = self.dialect.to_json("datetime", now)
+        objects = []
+        for row in rows:
+            values = row.values
+            obj = {
+                entity.key: row.key,
+                entity.client: row.client_id,
+                entity.version: row.version,
+                DELETED: row.deleted,
+                UPDATED_AT: stamp,
+            }
+            for name in plain:
+                obj[name] = values.get(name)
+            for name, convert in converted:
+                value = values.get(name)
+                obj[name] = None if value is None else convert(value)
+            objects.append(obj)
+        return jsontext.dumps(objects)
 
 
 def newest(rows: Iterable[Row]) -> list[Row]:
@@ -212,62 +276,43 @@ class SqlStore:
             raise
 
     # -- the write path -----------------------------------------------------------------
+    def encoder(self, entity: Entity) -> RowEncoder:
+        """The entity's write preparation, detached from any connection."""
+        return RowEncoder(self.dialect, entity, self.table(entity))
+
+    def prepare(self, entity: Entity, rows: Sequence[Row]) -> PreparedRows:
+        """See :meth:`RowEncoder.prepare`."""
+        return self.encoder(entity).prepare(rows)
+
     def apply(
-        self, entity: Entity, rows: Sequence[Row], *, cursor: pyodbc.Cursor | None = None
+        self,
+        entity: Entity,
+        rows: Sequence[Row] | PreparedRows,
+        *,
+        cursor: pyodbc.Cursor | None = None,
     ) -> WriteResult:
         """Write rows with the version rules; in ``cursor``'s transaction when given."""
+        prepared = rows if isinstance(rows, PreparedRows) else self.prepare(entity, rows)
+        if prepared.entity != entity.name:
+            raise ValueError(f"rows prepared for {prepared.entity!r}, not {entity.name!r}")
         if cursor is not None:
-            return self._apply(cursor, entity, rows)
+            return self._apply(cursor, entity, prepared)
         with self.transaction() as cur:
-            return self._apply(cur, entity, rows)
+            return self._apply(cur, entity, prepared)
 
-    def _apply(self, cur: pyodbc.Cursor, entity: Entity, rows: Sequence[Row]) -> WriteResult:
-        # Key order: every writer locks rows in the same order, so a backfill batch and
-        # a subscription batch touching the same keys cannot deadlock each other.
-        unique = sorted(newest(rows), key=lambda row: row.key)
-        if not unique:
-            return WriteResult(0, len(rows))
+    def _apply(self, cur: pyodbc.Cursor, entity: Entity, prepared: PreparedRows) -> WriteResult:
+        if not prepared.chunks:
+            return WriteResult(0, prepared.received)
         table = self.table(entity)
         columns = [(c.name, c.kind) for c in table.columns]
         sql = self.dialect.upsert(
             table.name, columns, key=entity.key, version=entity.version, deleted=DELETED
         )
-        now = now_utc()
         applied = 0
-        step = self.dialect.max_rows
-        for start in range(0, len(unique), step):
-            batch = self.batch_json(entity, table, unique[start : start + step], now)
-            cur.execute(sql, batch)
+        for chunk in prepared.chunks:
+            cur.execute(sql, chunk)
             applied += max(cur.rowcount, 0)
-        return WriteResult(applied, len(rows) - applied)
-
-    def batch_json(self, entity: Entity, table: Table, rows: Sequence[Row], now: Any) -> str:
-        """The JSON parameter of the upsert: one object per row, keyed by column name."""
-        plain, converted = [], []
-        for column in entity_value_columns(entity, table):
-            convert = self.dialect.json_converter(column.kind)
-            if convert is None:
-                plain.append(column.name)
-            else:
-                converted.append((column.name, convert))
-        stamp = self.dialect.to_json("datetime", now)
-        objects = []
-        for row in rows:
-            values = row.values
-            obj = {
-                entity.key: row.key,
-                entity.client: row.client_id,
-                entity.version: row.version,
-                DELETED: row.deleted,
-                UPDATED_AT: stamp,
-            }
-            for name in plain:
-                obj[name] = values.get(name)
-            for name, convert in converted:
-                value = values.get(name)
-                obj[name] = None if value is None else convert(value)
-            objects.append(obj)
-        return _batch_text(objects)
+        return WriteResult(applied, prepared.received - applied)
 
     # -- reads ------------------------------------------------------------------------
     def _select(self, entity: Entity) -> str:
