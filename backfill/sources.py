@@ -30,13 +30,14 @@ import json
 import os
 import random
 import re
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
 from cutover.config import Entity
+from stores import jsontext
 from stores.rethink import RethinkStore, r
 
 
@@ -268,6 +269,8 @@ _SEPARATORS = re.compile(r"[\s,]*")  # always matches (possibly empty)
 _CHUNK = 1 << 20
 _MAX_DOC = 256 << 20  # larger than RethinkDB's own document limit
 _EXTENSIONS = (".json", ".jsonl", ".ndjson")
+_TIME = b'"$reql_type$"'
+_LINE_LIMIT = 16 << 20
 
 
 def _match_end(text: str, pos: int) -> int:
@@ -293,8 +296,14 @@ class DocStream:
     """Documents of a JSON-array or JSON-lines file from a byte offset, with offsets.
 
     Iterating yields ``(document, start_byte)``; after each document ``position`` is
-    the byte offset just past it, which is where a resumed reader seeks to. With
-    ``end`` set, documents starting at or after ``end`` are left to the next range.
+    the byte offset past it (and its separator), which is where a resumed reader
+    seeks to. With ``end`` set, documents starting at or after ``end`` are left to the
+    next range.
+
+    The layout ``rethinkdb export`` writes, one document per line, is read line by
+    line and parsed with :func:`stores.jsontext.loads` (several times faster). From
+    the first line that is not one whole document (a pretty-printed file, say), the
+    rest is decoded as a character stream, which accepts any JSON-array layout.
     """
 
     def __init__(self, path: Path, start: int = 0, end: int | None = None) -> None:
@@ -303,13 +312,56 @@ class DocStream:
         self._decoder = json.JSONDecoder()
 
     def __iter__(self) -> Iterator[tuple[Any, int]]:
+        resume = yield from self._lines()
+        if resume is not None:
+            yield from self._stream(resume)
+
+    def _lines(self) -> Generator[tuple[Any, int], None, int | None]:
+        """One document per line; returns where the line layout stopped, if it did."""
+        end = self.end
+        with open(self.path, "rb") as fh:
+            fh.seek(self.start)
+            at = self.start
+            while line := fh.readline(_LINE_LIMIT):
+                if len(line) == _LINE_LIMIT and not line.endswith(b"\n"):
+                    return at  # a very long line: the chunked stream keeps memory flat
+                begin, at = at, at + len(line)
+                text = line.strip()
+                if begin == 0:
+                    if text.startswith(b"\xef\xbb\xbf"):
+                        text = text[3:].lstrip()
+                    if text.startswith(b"["):
+                        text = text[1:].lstrip()
+                if text.endswith(b","):
+                    text = text[:-1].rstrip()
+                if not text:
+                    self.position = at
+                    continue
+                if text == b"]":
+                    return None
+                if end is not None and begin >= end:
+                    return None
+                if not text.startswith(b"{") or not text.endswith(b"}"):
+                    return begin  # not one whole object on this line
+                try:
+                    doc = jsontext.loads(text)
+                except ValueError:
+                    return begin  # an object spread over lines, or corrupt: let _stream say
+                self.position = at
+                if _TIME in text or b"\\u" in text:  # a TIME value, perhaps spelled with escapes
+                    doc = native(doc)
+                yield doc, begin + line.index(b"{")
+        return None
+
+    def _stream(self, start: int) -> Iterator[tuple[Any, int]]:
+        """Any layout: ``raw_decode`` over fixed-size chunks of text from ``start``."""
         raw_decode = self._decoder.raw_decode
         skip = _match_end
         utf8 = codecs.getincrementaldecoder("utf-8")()
         # buf holds decoded text from byte offset `base`; (mark_p, mark_b) caches the
         # byte offset of one text position so offsets cost O(1) per document.
-        buf, base, eof, ascii_buf = "", self.start, False, True
-        mark_p, mark_b = 0, self.start
+        buf, base, eof, ascii_buf = "", start, False, True
+        mark_p, mark_b = 0, start
 
         def offset(pos: int) -> int:
             nonlocal mark_p, mark_b
@@ -320,7 +372,7 @@ class DocStream:
             return mark_b
 
         with open(self.path, "rb") as fh:
-            fh.seek(self.start)
+            fh.seek(start)
 
             def refill(keep: int) -> int:
                 """Drop text before ``keep``, append the next chunk; returns the new 0."""
@@ -335,7 +387,7 @@ class DocStream:
                 return 0
 
             p = refill(0)
-            if self.start == 0:
+            if start == 0:
                 p = skip(buf, 1 if buf.startswith("\ufeff") else 0)
                 if buf.startswith("[", p):
                     p += 1

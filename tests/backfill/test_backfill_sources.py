@@ -103,6 +103,52 @@ def test_a_file_not_one_document_per_line_is_one_partition(tmp_path: Path, order
     assert len(source.plan(orders, None, workers=4, active_first=False)) == 1
 
 
+def test_line_layout_hands_over_to_the_stream_where_it_stops(
+    tmp_path: Path, tiny_chunks: None
+) -> None:
+    """One document per line is read line by line; from the first line that is not a
+    whole document (here a pretty-printed one) the stream decoder reads the rest."""
+    docs = _docs(40)
+    lines = [json.dumps(d) for d in docs[:20]]
+    lines.append(json.dumps(docs[20], indent=2))
+    lines += [json.dumps(d) for d in docs[21:]]
+    path = _write(tmp_path / "a.json", "[\n" + ",\n".join(lines) + "\n]\n")
+    raw = path.read_bytes()
+    stream = DocStream(path)
+    seen, positions = [], []
+    for doc, start in stream:
+        assert raw[start : start + 1] == b"{"
+        seen.append(doc)
+        positions.append(stream.position)
+    assert seen == docs
+    for i in (5, 19, 20, 21, 38):
+        assert [d for d, _ in DocStream(path, positions[i])] == docs[i + 1 :]
+
+
+def test_values_parse_exactly_as_the_json_module_reads_them(tmp_path: Path) -> None:
+    """Big integers stay integers, NaN stays NaN, escapes and lone surrogates survive."""
+    texts = [
+        '{"id": "a", "n": 123456789012345678901234567890, "m": -9223372036854775809}',
+        '{"id": "b", "x": NaN, "y": 1e400}',
+        '{"id": "c", "s": "\\ud800 \\u00e9 \\"q\\""}',
+    ]
+    path = _write(tmp_path / "a.jsonl", "\n".join(texts) + "\n")
+    got = [d for d, _ in DocStream(path)]
+    want = [json.loads(t) for t in texts]
+    assert got[0] == want[0] and isinstance(got[0]["n"], int)
+    assert got[1]["x"] != got[1]["x"] and got[1]["y"] == float("inf")
+    assert got[2] == want[2]
+
+
+def test_a_line_longer_than_the_limit_is_streamed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sources, "_LINE_LIMIT", 64)
+    docs = _docs(30)
+    path = _write(tmp_path / "a.json", "[\n" + ",\n".join(json.dumps(d) for d in docs) + "\n]\n")
+    assert [d for d, _ in DocStream(path)] == docs
+
+
 def test_corrupt_json_is_an_error_with_the_offset(tmp_path: Path) -> None:
     """A truncated or garbled export stops the reader with the byte offset; nothing is
     silently skipped."""
