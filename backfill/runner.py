@@ -8,16 +8,19 @@ double-written version and never resurrects a tombstone), the bad-document recor
 the ledger counts and the checkpoint (which also renews the partition's lease) ->
 throttle -> read the pause flag. A crash loses at most the batch in flight, which is
 then copied again; copying a row twice changes nothing because of the version rules.
+
+Reading and mapping happen in a *producer* (``producer.py``): for a large copy, a
+child process per worker that prepares the next batch while this one commits.
 """
 
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
+from contextlib import suppress
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -25,11 +28,11 @@ import pyodbc
 
 from cutover.config import Entity
 from cutover.events import now_utc
-from stores.mapping import MappingError, Row, row_from_document
 from stores.rethink import RethinkUnavailable
-from stores.sql import SqlStore, StoreUnavailable, WriteResult, bookkeeping
+from stores.sql import SqlStore, StoreUnavailable, bookkeeping
 
 from . import control, ledger
+from .documents import BadDoc, map_documents
 from .partitions import (
     DONE,
     LeaseLost,
@@ -43,8 +46,15 @@ from .partitions import (
     partitions_of,
     run_id_for,
 )
+from .producer import (
+    PROCESS_THRESHOLD,
+    Producer,
+    ReadyBatch,
+    long_lived_heap_frozen,
+    producer_for,
+)
 from .progress import Progress
-from .sources import Batch, Reader, Source, SourceError
+from .sources import Source, SourceError
 from .tables import BAD_DOCS
 
 T = TypeVar("T")
@@ -67,16 +77,8 @@ class Options:
     max_retries: int = 10
     retry_base_s: float = 0.5
     wait_for_others: bool = True  # stay until the run completes, to take over dead leases
-
-
-@dataclass(frozen=True)
-class BadDoc:
-    """A source document that could not be mapped, and why."""
-
-    ref: str
-    key: str | None
-    client: str | None
-    error: str
+    #: Prepare batches in a child process per worker (None: when the run is large).
+    processes: bool | None = None
 
 
 @dataclass
@@ -143,56 +145,6 @@ class Throttle:
             self.stop.wait(delay)
 
 
-def _ref(key: Any, where: str) -> str:
-    if isinstance(key, str) and key:
-        text = f"key:{key}"
-    elif key is not None:
-        text = f"key:{json.dumps(key)}"
-    else:
-        text = f"at:{where}"
-    if len(text) > 300:
-        text = text[:280] + "#" + hashlib.sha256(text.encode()).hexdigest()[:16]
-    return text
-
-
-def map_documents(
-    entity: Entity, docs: Sequence[Any], locate: Callable[[int], str]
-) -> tuple[list[Row], list[BadDoc], dict[str, int], str | None]:
-    """Rows for the mappable documents; every other document becomes a :class:`BadDoc`."""
-    rows: list[Row] = []
-    bad: list[BadDoc] = []
-    counts: dict[str, int] = {}
-    for i, doc in enumerate(docs):
-        if not isinstance(doc, dict):
-            bad.append(
-                BadDoc(
-                    _ref(None, locate(i)),
-                    None,
-                    None,
-                    f"not a JSON object ({type(doc).__name__}) at {locate(i)}",
-                )
-            )
-            continue
-        try:
-            row = row_from_document(entity, doc)
-        except MappingError as exc:
-            key = doc.get(entity.key)
-            client = doc.get(entity.client)
-            bad.append(
-                BadDoc(
-                    _ref(key, locate(i)),
-                    key if isinstance(key, str) else (json.dumps(key) if key is not None else None),
-                    client if isinstance(client, str) else None,
-                    f"{exc}" + ("" if key is not None else f" (at {locate(i)})"),
-                )
-            )
-            continue
-        rows.append(row)
-        counts[row.client_id] = counts.get(row.client_id, 0) + 1
-    last = next((d.get(entity.key) for d in reversed(docs) if isinstance(d, dict)), None)
-    return rows, bad, counts, (last if isinstance(last, str) or last is None else json.dumps(last))
-
-
 class Backfill:
     """Copies one entity from a source into the SQL store, resumable and throttled."""
 
@@ -204,7 +156,7 @@ class Backfill:
         options: Options | None = None,
         *,
         progress: Callable[[str, int | None, int], Progress] | None = None,
-        on_batch: Callable[[Partition, Batch], None] | None = None,
+        on_batch: Callable[[Partition, ReadyBatch], None] | None = None,
         emit: Callable[[str], None] | None = None,
     ) -> None:
         self.sql, self.source, self.entity = sql, source, entity
@@ -253,22 +205,28 @@ class Backfill:
         total = sum(max(p.est_rows, p.rows_read) for p in parts)
         done = sum(p.rows_read for p in parts)
         self.progress = self._progress_factory(f"backfill {self.entity.name}", total or None, done)
+        processes = self.opt.processes
+        if processes is None:
+            processes = total - done >= PROCESS_THRESHOLD
         threads = [
-            threading.Thread(target=self._worker, args=(i,), name=f"backfill-{i}", daemon=True)
+            threading.Thread(
+                target=self._worker, args=(i, processes), name=f"backfill-{i}", daemon=True
+            )
             for i in range(max(1, self.opt.workers))
         ]
-        try:
-            for t in threads:
-                t.start()
-            for t in threads:
-                while t.is_alive():
-                    t.join(0.2)
-        except KeyboardInterrupt:
-            self._stop.set()
-            for t in threads:
-                t.join()
-        finally:
-            self.progress.close()
+        with long_lived_heap_frozen():
+            try:
+                for t in threads:
+                    t.start()
+                for t in threads:
+                    while t.is_alive():
+                        t.join(0.2)
+            except KeyboardInterrupt:
+                self._stop.set()
+                for t in threads:
+                    t.join()
+            finally:
+                self.progress.close()
         if self._errors:
             raise self._errors[0]
         refreshed = get_run(self.sql, self.run_id) or run
@@ -296,9 +254,17 @@ class Backfill:
             stopped=self._stop.is_set() and run.status != DONE,
         )
 
-    def _worker(self, index: int) -> None:
+    def _worker(self, index: int, processes: bool) -> None:
         leases = Leases(self.sql, self.run_id, new_owner(f"/w{index}"), ttl_s=self.opt.lease_ttl_s)
+        producer: Producer | None = None
         try:
+            producer = producer_for(
+                self.source,
+                self.sql.encoder(self.entity),
+                self.opt.batch,
+                in_process=not processes,
+                name=f"cutover-backfill-reader-{index}",
+            )
             while not self._stop.is_set():
                 part = self._retry(leases.claim_next)
                 if part is None:
@@ -308,7 +274,7 @@ class Backfill:
                     self._stop.wait(self.opt.poll_s)
                     continue
                 self._note("")
-                self._process(leases, part)
+                self._process(producer, leases, part)
             if not self._stop.is_set():
                 self._retry(lambda: finish_run_if_complete(self.sql, self.run_id, self.entity.name))
         except _Stopped:
@@ -316,69 +282,80 @@ class Backfill:
         except BaseException as exc:  # surfaced by run() in the main thread
             self._errors.append(exc)
             self._stop.set()
+        finally:
+            if producer is not None:
+                producer.close()
 
     def _note(self, text: str) -> None:
         if self.progress is not None:
             self.progress.set_note(text)
 
-    def _process(self, leases: Leases, part: Partition) -> None:
+    def _process(self, producer: Producer, leases: Leases, part: Partition) -> None:
+        """Copy one partition, batch by batch, each batch's checkpoint in its commit.
+
+        The next batch is requested before this one commits, so a producer in a child
+        process prepares it meanwhile. Stop and pause are honoured between commits:
+        a prepared batch that is not committed is simply read again on resume.
+        """
+        try:
+            self._copy(producer, leases, part)
+        except BaseException:
+            # An orderly failure gives the partition back, so "run again" resumes at once
+            # instead of waiting out the lease (a crash still waits: nobody is left).
+            with suppress(Exception):
+                leases.release(part.part)
+            raise
+
+    def _copy(self, producer: Producer, leases: Leases, part: Partition) -> None:
         clients = frozenset(self.opt.clients) if self.opt.clients is not None else None
         committed = part.position
-        reader: Reader = self.source.open(self.entity, part.spec, committed, clients)
-        try:
-            while True:
-                if self._stop.is_set():
-                    leases.release(part.part)
-                    return
-                if not self._wait_while_paused(leases, part):
-                    return
-                try:
-                    batch = reader.next_batch(self.opt.batch)
-                except (RethinkUnavailable, OSError) as exc:
-                    reader.close()
-                    self._backoff(exc, "read")
-                    reader = self.source.open(self.entity, part.spec, committed, clients)
-                    continue
-                rows, bad, counts, last_key = map_documents(self.entity, batch.docs, batch.locate)
-                try:
-                    self._retry(
-                        functools.partial(
-                            self._commit, leases, part, batch, rows, bad, counts, last_key
-                        )
-                    )
-                except LeaseLost as exc:
-                    self.emit(f"{exc}; leaving it to its new owner")
-                    return
-                committed = batch.position
-                read = len(batch.docs) + batch.skipped
-                with self._lock:
-                    self._session += read
-                if self.progress is not None:
-                    self.progress.advance(read)
-                if self.on_batch is not None:
-                    self.on_batch(part, batch)
-                if batch.exhausted:
-                    return
-                self.throttle.wait(read)
-        finally:
-            reader.close()
+        producer.open(part.spec, committed, clients)
+        paused: bool | None = None  # as read with the last commit; None: ask the store
+        while True:
+            if not self._may_go_on(leases, part, paused):
+                return
+            try:
+                ready = producer.take()
+            except (RethinkUnavailable, OSError) as exc:
+                self._backoff(exc, "read")
+                producer.open(part.spec, committed, clients)
+                paused = None
+                continue
+            if not ready.exhausted:
+                producer.request()
+            try:
+                paused = self._retry(functools.partial(self._commit, leases, part, ready))
+            except LeaseLost as exc:
+                self.emit(f"{exc}; leaving it to its new owner")
+                return
+            committed = ready.position
+            with self._lock:
+                self._session += ready.read
+            if self.progress is not None:
+                self.progress.advance(ready.read)
+            if self.on_batch is not None:
+                self.on_batch(part, ready)
+            if ready.exhausted:
+                return
+            self.throttle.wait(ready.read)
 
-    def _commit(
-        self,
-        leases: Leases,
-        part: Partition,
-        batch: Batch,
-        rows: list[Row],
-        bad: list[BadDoc],
-        counts: dict[str, int],
-        last_key: str | None,
-    ) -> WriteResult:
-        """Rows, bad-document records, ledger counts and checkpoint: one transaction."""
+    def _may_go_on(self, leases: Leases, part: Partition, paused: bool | None) -> bool:
+        """False when stopping (the lease is given back) or stopped while paused."""
+        if self._stop.is_set():
+            leases.release(part.part)
+            return False
+        return paused is False or self._wait_while_paused(leases, part)
+
+    def _commit(self, leases: Leases, part: Partition, ready: ReadyBatch) -> bool:
+        """Rows, bad-document records, ledger counts and checkpoint: one transaction.
+
+        Returns whether the entity is paused, read in the same transaction.
+        """
         d = self.sql.dialect
         now = now_utc()
         with self.sql.transaction() as cur:
-            result = self.sql.apply(self.entity, rows, cursor=cur) if rows else WriteResult()
-            for b in bad:
+            result = self.sql.apply(self.entity, ready.rows, cursor=cur)
+            for b in ready.bad:
                 bookkeeping.insert_missing(
                     cur,
                     d,
@@ -393,22 +370,22 @@ class Backfill:
                         "recorded_at": now,
                     },
                 )
-            if counts:
-                ledger.add_rows(cur, d, self.entity.name, self.run_id, counts, now)
+            if ready.counts:
+                ledger.add_rows(cur, d, self.entity.name, self.run_id, ready.counts, now)
             leases.checkpoint(
                 cur,
                 part.part,
-                position=batch.position,
-                last_key=last_key,
-                read=len(batch.docs) + batch.skipped,
+                position=ready.position,
+                last_key=ready.last_key,
+                read=ready.read,
                 applied=result.applied,
                 stale=result.stale,
-                bad=len(bad),
-                done=batch.exhausted,
+                bad=len(ready.bad),
+                done=ready.exhausted,
             )
-            if batch.exhausted and part.client is not None:
+            if ready.exhausted and part.client is not None:
                 ledger.mark_copied(cur, d, self.entity.name, self.run_id, now, client=part.client)
-        return result
+            return control.is_paused(self.sql, self.entity.name, cursor=cur)
 
     def _wait_while_paused(self, leases: Leases, part: Partition) -> bool:
         """Block while the entity is paused, keeping the lease; False to give up."""
