@@ -232,16 +232,19 @@ def run(n: int, big: int, pg: services.ServiceInfo, work: Path) -> int:
     native_runs: list[float] = []
     backfill_runs: list[float] = []
     rows_mapped: list[tuple[Any, ...]] | None = None
-    for _ in range(ROUNDS):
-        dsn_native = create_database(admin, "bench_native", replace=True)
+    store: SqlStore | None = None
+    for i in range(ROUNDS):
+        dsn_native = create_database(admin, f"bench_native_{i}", replace=True)
         native_store = SqlStore(dsn_native, "postgresql", config)
         native_store.ensure_schema()
         if rows_mapped is None:
             rows_mapped = mapped_rows(native_store, entity, small_dir)
-        native_runs.append(native_bulk_write(pg, "bench_native", config, entity, rows_mapped))
+        native_runs.append(native_bulk_write(pg, f"bench_native_{i}", config, entity, rows_mapped))
         native_store.close()
 
-        dsn = create_database(admin, "bench_backfill", replace=True)
+        if store is not None:
+            store.close()
+        dsn = create_database(admin, f"bench_backfill_{i}", replace=True)
         store = SqlStore(dsn, "postgresql", config)
         store.ensure_schema()
         source = ExportSource(small_dir)
@@ -257,6 +260,7 @@ def run(n: int, big: int, pg: services.ServiceInfo, work: Path) -> int:
         backfill_runs.append(time.perf_counter() - start)
         assert summary.complete and summary.read == n, summary.lines()
     del rows_mapped
+    assert store is not None
     native_s, backfill_s = min(native_runs), min(backfill_runs)
     written = store.count(entity, include_deleted=True)
     results["backfill"] = {
