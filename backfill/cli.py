@@ -23,6 +23,7 @@ from cutover.runtime import Runtime
 
 from . import control, ledger
 from .partitions import PENDING, RestartRefused, partitions_of, runs_for
+from .producer import PROCESS_THRESHOLD, ReaderGone
 from .runner import DEFAULT_RATE, Backfill, Options, Summary, read_clients_file
 from .sources import ExportSource, RethinkSource, Source, SourceError
 from .verify import Verifier
@@ -118,6 +119,13 @@ def backfill() -> None:
     show_default=True,
     help="Parallel workers in this process; other machines may run the same command.",
 )
+@click.option(
+    "--reader-process/--no-reader-process",
+    "reader_process",
+    default=None,
+    help="Read, map and serialise batches in a child process per worker, overlapping the "
+    f"commits. Default: when the run has {PROCESS_THRESHOLD:,} rows or more.",
+)
 @click.option("--dry-run", is_flag=True, help="Read and map everything, write nothing.")
 @click.option(
     "--restart", is_flag=True, help="Copy again from the start even if this run completed before."
@@ -138,6 +146,7 @@ def run_cmd(
     batch: int,
     rate: float,
     workers: int,
+    reader_process: bool | None,
     dry_run: bool,
     restart: bool,
     lease_ttl: float,
@@ -165,6 +174,7 @@ def run_cmd(
         priority=priority,
         restart=restart,
         lease_ttl_s=lease_ttl,
+        processes=reader_process,
     )
     source = _source(rt, export)
     if active_first is not None and export is not None:
@@ -189,10 +199,11 @@ def run_cmd(
 
 @contextmanager
 def _known_errors() -> Iterator[None]:
-    """A source that cannot be read, or a --restart refused: one line, exit code 2."""
+    """A source that cannot be read, a --restart refused, a reader process that died:
+    one line, exit code 2."""
     try:
         yield
-    except (SourceError, RestartRefused) as exc:
+    except (SourceError, RestartRefused, ReaderGone) as exc:
         raise BackfillError(str(exc)) from None
 
 

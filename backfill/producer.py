@@ -170,7 +170,7 @@ class ProcessProducer:
         return result
 
     def close(self) -> None:
-        with suppress(_ChildGone):
+        with suppress(ReaderGone):
             self._drain()
             self._send(("exit",))
         try:
@@ -186,7 +186,7 @@ class ProcessProducer:
             self._requested = False
             try:
                 self._receive()
-            except _ChildGone:
+            except ReaderGone:
                 raise
             except Exception:  # an error reading a batch nobody will use
                 pass
@@ -206,17 +206,17 @@ class ProcessProducer:
             raise value
         return value
 
-    def _gone(self) -> _ChildGone:
+    def _gone(self) -> ReaderGone:
         with suppress(subprocess.TimeoutExpired):
             self._child.wait(1)
-        return _ChildGone(
+        return ReaderGone(
             f"the backfill's reader process ({self.name}, pid {self._child.pid}) ended "
             f"(exit code {self._child.returncode}); nothing is lost: run again to resume"
         )
 
 
-class _ChildGone(RuntimeError):
-    """The child process died; the partition's checkpoint is intact."""
+class ReaderGone(RuntimeError):
+    """The reader process died; every checkpoint committed so far is intact."""
 
 
 def serve(fd: int) -> None:
@@ -314,6 +314,7 @@ __all__ = [
     "InlineProducer",
     "ProcessProducer",
     "Producer",
+    "ReaderGone",
     "ReadyBatch",
     "long_lived_heap_frozen",
     "make_ready",

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 from backfill.progress import Progress
@@ -56,3 +58,28 @@ def assert_state(sql: SqlStore, entity: Entity, expected: dict[str, Row]) -> Non
     extra = [k for k, r in held.items() if k not in expected and not r.deleted]
     problems += [f"{k}: unexpected live row" for k in extra]
     assert not problems, "\n".join(problems[:50])
+
+
+def child_pids(parent: int, marker: bytes) -> list[int]:
+    """Processes whose parent is ``parent`` and whose command line contains ``marker``."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if int(stat.rsplit(")", 1)[1].split()[1]) == parent and marker in cmdline:
+            found.append(int(entry))
+    return found
+
+
+def alive(pid: int) -> bool:
+    """Running (a zombie waiting for its reaper counts as gone)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from backfill_helpers import assert_state, docs_for, history_state
+from backfill_helpers import alive, assert_state, child_pids, docs_for, history_state
 from click.testing import CliRunner
 
 from backfill import ledger
@@ -67,7 +67,9 @@ def test_run_status_pause_resume_verify(
     state = history_state(app_orders, clients=2, ids=30, seed=41)
     folder = tmp_path / "export"
     write_export(folder, app_orders, docs_for(app_orders, state.values()))
-    done = _cli("backfill", "run", "orders", "--from-export", str(folder), "--rate", "0")
+    done = _cli(
+        "backfill", "run", "orders", "--from-export", str(folder), "--rate", "0", "--reader-process"
+    )
     assert done.exit_code == 0, done.output
     assert "backfill orders: complete" in done.output
     assert_state(store, app_orders, state)
@@ -137,7 +139,8 @@ def test_sigkill_mid_run_then_the_same_command_resumes(
     env: dict[str, str], store: SqlStore, app_orders: Entity, tmp_path: Path
 ) -> None:
     """SIGKILL leaves rows and checkpoint consistent (one transaction); the resumed run
-    reads only what was not committed: at most the one batch in flight is read again."""
+    reads only what was not committed: at most the one batch in flight is read again.
+    The killed run's reader process notices and exits: nothing is left running."""
     state = history_state(app_orders, clients=3, ids=300, seed=43, delete_rate=0.1)
     n = len(state)
     folder = tmp_path / "export"
@@ -157,7 +160,7 @@ def test_sigkill_mid_run_then_the_same_command_resumes(
     ]
     child_env = {**{k: v for k, v in os.environ.items() if not k.startswith("CUTOVER_")}, **env}
     proc = subprocess.Popen(
-        [*command, "--rate", "400"],
+        [*command, "--rate", "400", "--reader-process"],
         env=child_env,
         cwd=tmp_path,
         stdout=subprocess.PIPE,
@@ -172,8 +175,14 @@ def test_sigkill_mid_run_then_the_same_command_resumes(
         assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
         assert time.monotonic() < deadline
         time.sleep(0.02)
+    readers = child_pids(proc.pid, b"backfill._reader")
+    assert readers
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
+    deadline = time.monotonic() + 10
+    while any(alive(pid) for pid in readers):
+        assert time.monotonic() < deadline, "the reader process outlived its backfill"
+        time.sleep(0.05)
     checkpoint = read_so_far()
     assert 200 <= checkpoint < n
     assert store.count(app_orders, include_deleted=True) == checkpoint  # rows == checkpoint

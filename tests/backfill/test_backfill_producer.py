@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from backfill_helpers import FAST, assert_state, docs_for, history_state, quiet
+from backfill_helpers import FAST, assert_state, child_pids, docs_for, history_state, quiet
 
 from backfill.partitions import partitions_of
 from backfill.runner import Backfill
@@ -31,19 +31,7 @@ IN_CHILD = replace(FAST, processes=True)
 
 def _reader_pids() -> list[int]:
     """This process's children running ``python -m backfill._reader``."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
-        except OSError:
-            continue
-        ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        if ppid == os.getpid() and b"backfill._reader" in cmdline:
-            found.append(int(entry))
-    return found
+    return child_pids(os.getpid(), b"backfill._reader")
 
 
 def _wait_gone(deadline_s: float = 5.0) -> list[int]:
