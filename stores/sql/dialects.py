@@ -69,7 +69,7 @@ class Dialect:
         if kind == "json":
             return _json_text(value)
         if kind == "datetime":
-            naive = value.astimezone(UTC).replace(tzinfo=None)
+            naive = _naive_utc(value)
             # sqliteodbc keeps only milliseconds of a bound datetime: bind ISO text.
             return (
                 naive.isoformat(sep=" ", timespec="microseconds")
@@ -151,9 +151,7 @@ class Dialect:
             sep = " " if self.name == "sqlite" else "T"
 
             def naive_utc_text(value: datetime) -> str:
-                if value.tzinfo is not UTC:  # the mapping already made most of them UTC
-                    value = value.astimezone(UTC)
-                return value.replace(tzinfo=None).isoformat(sep=sep, timespec="microseconds")
+                return _naive_utc(value).isoformat(sep=sep, timespec="microseconds")
 
             return naive_utc_text
         return None
@@ -214,6 +212,13 @@ class Dialect:
             f"ON CONFLICT ({q(key)}) DO UPDATE SET {sets}\n"
             f"WHERE {cond}"
         )
+
+
+def _naive_utc(value: datetime) -> datetime:
+    """The UTC wall time the tables store (columns carry no zone)."""
+    if value.tzinfo is not UTC:  # the mapping already made most of them UTC
+        value = value.astimezone(UTC)
+    return value.replace(tzinfo=None)
 
 
 def _json_text(value: Any) -> str:
