@@ -167,11 +167,13 @@ class Dialect:
     ) -> str:
         """A version-guarded, set-based upsert of a batch sent as ONE JSON parameter.
 
-        The batch is a JSON array of objects keyed by column name (see :meth:`to_json`),
-        unpacked by the server (``OPENJSON``, ``json_populate_recordset``,
-        ``json_each``). One parameter instead of one per value: binding costs the
-        driver microseconds per parameter, and SQL Server's 2,100-parameter limit no
-        longer caps the rows per statement.
+        The batch is a JSON array with one array per row, its values in ``columns``
+        order (see :meth:`to_json`), unpacked by the server (``OPENJSON ... WITH``,
+        ``jsonb_array_elements``, ``json_each``). One parameter instead of one per
+        value: binding costs the driver microseconds per parameter, and SQL Server's
+        2,100-parameter limit no longer caps the rows per statement. Positional rows
+        rather than objects: the server parses no key names, which measured here cut
+        PostgreSQL's parse of a batch from 5.5 to 3.0 us per row.
 
         A stored row is replaced only when the incoming ``(version, deleted)`` is greater:
         a newer version wins, and at equal versions a delete beats an upsert, so any
@@ -182,8 +184,8 @@ class Dialect:
         newer = "{t}.{v} < {s}.{v} OR ({t}.{v} = {s}.{v} AND {t}.{d} < {s}.{d})"
         if self.name == "mssql":
             shape = ",\n    ".join(
-                f"{q(c)} {'NVARCHAR(900)' if str(k) == 'key' else self.column_type(k)} '$.{c}'"
-                for c, k in columns
+                f"{q(c)} {'NVARCHAR(900)' if str(k) == 'key' else self.column_type(k)} '$[{i}]'"
+                for i, (c, k) in enumerate(columns)
             )
             sets = ", ".join(f"t.{n} = s.{n}" for n in names if n != q(key))
             cond = newer.format(t="t", s="s", v=q(version), d=q(deleted))
@@ -197,12 +199,13 @@ class Dialect:
                 f"  INSERT ({', '.join(names)}) VALUES ({', '.join('s.' + n for n in names)});"
             )
         if self.name == "postgresql":
-            source = (
-                f"SELECT {', '.join(names)}\n"
-                f"FROM json_populate_recordset(NULL::{q(table)}, CAST(? AS json))"
+            # jsonb: an array element by index is a direct lookup (json would re-parse).
+            picks = ", ".join(
+                f"CAST(r->>{i} AS {_PG_CASTS[str(k)]})" for i, (_, k) in enumerate(columns)
             )
+            source = f"SELECT {picks}\nFROM jsonb_array_elements(CAST(? AS jsonb)) AS r"
         else:  # SQLite: WHERE true resolves the parser's ON CONFLICT / join ambiguity
-            picks = ", ".join(f"json_extract(value, '$.{c}')" for c, _ in columns)
+            picks = ", ".join(f"json_extract(value, '$[{i}]')" for i in range(len(columns)))
             source = f"SELECT {picks}\nFROM json_each(?) WHERE true"
         sets = ", ".join(f"{n} = excluded.{n}" for n in names if n != q(key))
         cond = newer.format(t=q(table), s="excluded", v=q(version), d=q(deleted))
@@ -229,6 +232,18 @@ def _json_text(value: Any) -> str:
 _DSN_DEFAULTS: dict[str, dict[str, str]] = {
     "sqlite": {"BigInt": "1", "JournalMode": "WAL", "Timeout": "30000"},
     "postgresql": {"Protocol": "7.4-1", "CommLog": "0"},
+}
+
+#: PostgreSQL casts of the text a batch holds per column kind (the insert narrows them).
+_PG_CASTS = {
+    "key": "text",
+    "string": "text",
+    "text": "text",
+    "json": "text",
+    "int": "bigint",
+    "float": "double precision",
+    "bool": "boolean",
+    "datetime": "timestamp",
 }
 
 _SCALAR_TYPES: dict[str, dict[str, str]] = {

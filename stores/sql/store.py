@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import queue
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import pyodbc
@@ -115,34 +116,40 @@ class RowEncoder:
         )
         return PreparedRows(self.entity.name, chunks, len(rows))
 
-    def batch_json(self, rows: Sequence[Row], now: Any) -> str:
-        """The JSON parameter of the upsert: one object per row, keyed by column name."""
-        entity = self.entity
-        plain, converted = [], []
-        for column in entity_value_columns(entity, self.table):
+    @cached_property
+    def _layout(self) -> tuple[tuple[str, ...], tuple[tuple[int, Callable[[Any], Any]], ...]]:
+        """The mapped columns in table order, and (position, conversion) where one applies.
+
+        :meth:`batch_json` writes the five columns every entity table starts with
+        first; this checks the table really does, rather than trusting it.
+        """
+        e = self.entity
+        fixed = (e.key, e.client, e.version, DELETED, UPDATED_AT)
+        if tuple(c.name for c in self.table.columns[: len(fixed)]) != fixed:
+            raise ValueError(f"table {self.table.name!r} does not start with {fixed}")
+        columns = entity_value_columns(e, self.table)
+        converted = []
+        for at, column in enumerate(columns, start=len(fixed)):
             convert = self.dialect.json_converter(column.kind)
-            if convert is None:
-                plain.append(column.name)
-            else:
-                converted.append((column.name, convert))
+            if convert is not None:
+                converted.append((at, convert))
+        return tuple(c.name for c in columns), tuple(converted)
+
+    def batch_json(self, rows: Sequence[Row], now: Any) -> str:
+        """The JSON parameter of the upsert: one array per row, in the table's column order."""
+        names, converted = self._layout
         stamp = self.dialect.to_json("datetime", now)
-        objects = []
+        arrays = []
         for row in rows:
-            values = row.values
-            obj = {
-                entity.key: row.key,
-                entity.client: row.client_id,
-                entity.version: row.version,
-                DELETED: row.deleted,
-                UPDATED_AT: stamp,
-            }
-            for name in plain:
-                obj[name] = values.get(name)
-            for name, convert in converted:
-                value = values.get(name)
-                obj[name] = None if value is None else convert(value)
-            objects.append(obj)
-        return jsontext.dumps(objects)
+            get = row.values.get
+            values = [row.key, row.client_id, row.version, row.deleted, stamp]
+            values += [get(name) for name in names]
+            for at, convert in converted:
+                value = values[at]
+                if value is not None:
+                    values[at] = convert(value)
+            arrays.append(values)
+        return jsontext.dumps(arrays)
 
 
 def newest(rows: Iterable[Row]) -> list[Row]:

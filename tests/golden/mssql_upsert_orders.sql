@@ -1,16 +1,16 @@
 MERGE INTO [orders] WITH (HOLDLOCK) AS t
 USING (SELECT * FROM OPENJSON(?) WITH (
-    [id] NVARCHAR(900) '$.id',
-    [client_id] NVARCHAR(900) '$.client_id',
-    [version] BIGINT '$.version',
-    [_deleted] BIT '$._deleted',
-    [_updated_at] DATETIME2(6) '$._updated_at',
-    [status] NVARCHAR(MAX) '$.status',
-    [amount] FLOAT '$.amount',
-    [quantity] BIGINT '$.quantity',
-    [paid] BIT '$.paid',
-    [placed_at] DATETIME2(6) '$.placed_at',
-    [meta] NVARCHAR(MAX) '$.meta'
+    [id] NVARCHAR(900) '$[0]',
+    [client_id] NVARCHAR(900) '$[1]',
+    [version] BIGINT '$[2]',
+    [_deleted] BIT '$[3]',
+    [_updated_at] DATETIME2(6) '$[4]',
+    [status] NVARCHAR(MAX) '$[5]',
+    [amount] FLOAT '$[6]',
+    [quantity] BIGINT '$[7]',
+    [paid] BIT '$[8]',
+    [placed_at] DATETIME2(6) '$[9]',
+    [meta] NVARCHAR(MAX) '$[10]'
 )) AS s
 ON t.[id] = s.[id]
 WHEN MATCHED AND (t.[version] < s.[version] OR (t.[version] = s.[version] AND t.[_deleted] < s.[_deleted])) THEN
