@@ -39,14 +39,25 @@ def _ref(key: Any, where: str) -> str:
     return text
 
 
+def _key_of(doc: Row | dict[str, Any], field: str) -> Any:
+    return doc.key if type(doc) is Row else doc.get(field)  # type: ignore[union-attr]
+
+
 def map_documents(
     entity: Entity, docs: Sequence[Any], locate: Callable[[int], str]
 ) -> tuple[list[Row], list[BadDoc], dict[str, int], str | None]:
-    """Rows for the mappable documents; every other document becomes a :class:`BadDoc`."""
+    """Rows for the mappable documents; every other document becomes a :class:`BadDoc`.
+
+    A document may already be a :class:`Row` (mapped by the reader's fast path).
+    """
     rows: list[Row] = []
     bad: list[BadDoc] = []
     counts: dict[str, int] = {}
     for i, doc in enumerate(docs):
+        if type(doc) is Row:  # mapped on the way in (see backfill.line_decoder)
+            rows.append(doc)
+            counts[doc.client_id] = counts.get(doc.client_id, 0) + 1
+            continue
         if not isinstance(doc, dict):
             bad.append(
                 BadDoc(
@@ -73,5 +84,5 @@ def map_documents(
             continue
         rows.append(row)
         counts[row.client_id] = counts.get(row.client_id, 0) + 1
-    last = next((d.get(entity.key) for d in reversed(docs) if isinstance(d, dict)), None)
+    last = next((_key_of(d, entity.key) for d in reversed(docs) if isinstance(d, Row | dict)), None)
     return rows, bad, counts, (last if isinstance(last, str) or last is None else json.dumps(last))

@@ -31,6 +31,7 @@ import os
 import random
 import re
 from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
+from contextlib import suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -38,7 +39,10 @@ from typing import Any, Protocol
 
 from cutover.config import Entity
 from stores import jsontext
+from stores.mapping import Row
 from stores.rethink import RethinkStore, r
+
+from .line_decoder import LineDecoder, line_decoder
 
 
 class SourceError(RuntimeError):
@@ -283,12 +287,14 @@ def native(doc: Any) -> Any:
     """Turn ``$reql_type$: TIME`` values (export's raw time format) into datetimes.
 
     Only top-level fields are converted: those are the mapped columns. A TIME nested
-    inside a JSON column stays as the raw object the export wrote.
+    inside a JSON column stays as the raw object the export wrote, and so does a TIME
+    without a usable ``epoch_time``: the mapping then names the field it is in.
     """
     if type(doc) is dict:
         for name, value in doc.items():
             if type(value) is dict and value.get("$reql_type$") == "TIME":
-                doc[name] = datetime.fromtimestamp(float(value["epoch_time"]), tz=UTC)
+                with suppress(KeyError, TypeError, ValueError, OverflowError, OSError):
+                    doc[name] = datetime.fromtimestamp(float(value["epoch_time"]), tz=UTC)
     return doc
 
 
@@ -304,12 +310,24 @@ class DocStream:
     line and parsed with :func:`stores.jsontext.loads` (several times faster). From
     the first line that is not one whole document (a pretty-printed file, say), the
     rest is decoded as a character stream, which accepts any JSON-array layout.
+
+    With ``decode_row`` (the backfill's :func:`~backfill.line_decoder.line_decoder`),
+    a line it can map comes out as a :class:`~stores.mapping.Row` instead of a
+    document; the other lines come out as documents, as without it.
     """
 
-    def __init__(self, path: Path, start: int = 0, end: int | None = None) -> None:
+    def __init__(
+        self,
+        path: Path,
+        start: int = 0,
+        end: int | None = None,
+        *,
+        decode_row: LineDecoder | None = None,
+    ) -> None:
         self.path, self.start, self.end = path, start, end
         self.position = start
         self._decoder = json.JSONDecoder()
+        self._decode_row = decode_row
 
     def __iter__(self) -> Iterator[tuple[Any, int]]:
         resume = yield from self._lines()
@@ -319,6 +337,7 @@ class DocStream:
     def _lines(self) -> Generator[tuple[Any, int], None, int | None]:
         """One document per line; returns where the line layout stopped, if it did."""
         end = self.end
+        decode_row = self._decode_row
         with open(self.path, "rb") as fh:
             fh.seek(self.start)
             at = self.start
@@ -343,6 +362,10 @@ class DocStream:
                     return None
                 if not text.startswith(b"{") or not text.endswith(b"}"):
                     return begin  # not one whole object on this line
+                if decode_row is not None and (row := decode_row(text)) is not None:
+                    self.position = at
+                    yield row, begin + line.index(b"{")
+                    continue
                 try:
                     doc = jsontext.loads(text)
                 except ValueError:
@@ -599,7 +622,7 @@ class _ExportReader:
         self, entity: Entity, path: Path, start: int, end: int, clients: frozenset[str] | None
     ) -> None:
         self.entity, self.path, self.end, self.clients = entity, path, end, clients
-        self.stream = DocStream(path, start, end)
+        self.stream = DocStream(path, start, end, decode_row=line_decoder(entity))
         self.iterator = iter(self.stream)
         self.done = start >= end
 
@@ -611,7 +634,7 @@ class _ExportReader:
         selected = self.clients
         if not self.done:
             for doc, begin in self.iterator:
-                if selected is not None and (type(doc) is not dict or doc.get(cl) not in selected):
+                if selected is not None and _client_of(doc, cl) not in selected:
                     skipped += 1
                     if skipped >= limit * 10:
                         break  # report progress (and let pause work) on long filtered runs
@@ -635,6 +658,12 @@ class _ExportReader:
         close = getattr(self.iterator, "close", None)
         if close is not None:
             close()
+
+
+def _client_of(doc: Any, field: str) -> Any:
+    if type(doc) is Row:
+        return doc.client_id
+    return doc.get(field) if type(doc) is dict else None
 
 
 def write_export(folder: Path, entity: Entity, docs: Iterable[dict[str, Any]]) -> Path:

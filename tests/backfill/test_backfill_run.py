@@ -100,17 +100,25 @@ def test_bad_documents_are_counted_and_reported_by_key(
         {"id": "bad-type", "client_id": "client-000", "version": 1, "quantity": "seven"},
         {"id": "bad-version", "client_id": "client-001", "status": "x"},
         {"id": "bad-client", "version": 2},
+        # a raw TIME without its epoch: the mapping names the field, the run goes on
+        {
+            "id": "bad-time",
+            "client_id": "client-001",
+            "version": 1,
+            "placed_at": {"$reql_type$": "TIME"},
+        },
     ]
     docs.append(["not", "an", "object"])  # type: ignore[arg-type]
     summary = Backfill(sql_store, export_of(orders, docs), orders, FAST, progress=quiet).run()
     assert summary.complete
     refs = {b.ref: b for b in summary.bad}
-    assert {"key:bad-type", "key:bad-version", "key:bad-client"} <= set(refs)
+    assert {"key:bad-type", "key:bad-version", "key:bad-client", "key:bad-time"} <= set(refs)
     assert "quantity" in refs["key:bad-type"].error
+    assert "placed_at" in refs["key:bad-time"].error
     assert "version" in refs["key:bad-version"].error
     offsets = [r for r in refs if r.startswith("at:orders.json@")]
-    assert len(offsets) == 2 and len(summary.bad) == 5
-    assert summary.read == len(state) + 5
+    assert len(offsets) == 2 and len(summary.bad) == 6
+    assert summary.read == len(state) + 6
     assert_state(sql_store, orders, state)
     assert sql_store.get_many(orders, ["bad-type", "bad-version", "bad-client"]) == []
     assert any("bad documents" in line for line in summary.lines())

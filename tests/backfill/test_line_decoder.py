@@ -1,0 +1,220 @@
+"""The backfill's fast path (msgspec) against the reference path, on generated lines.
+
+The reference is what the export reader did before the fast path existed, and still
+does for every line the fast path declines: ``jsontext.loads``, ``native`` for TIME
+objects, ``row_from_document``. The fast path may decline anything, but whatever it
+accepts must be the very row the reference maps; so a document the reference
+rejects (with its error message and the key it names) is always rejected.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
+
+from backfill.line_decoder import line_decoder
+from backfill.sources import native
+from cutover.config import Column, ColumnType, Config, Entity
+from stores import jsontext
+from stores.mapping import MappingError, Row, row_from_document
+
+
+def _entity() -> Entity:
+    """Every column type, bounded and unbounded strings, a non-nullable column and a
+    column read from a differently named field."""
+    return Entity(
+        name="things",
+        topic="things",
+        rethinkdb_db="app",
+        rethinkdb_table="things",
+        sql_table="things",
+        columns=(
+            Column(name="label", type=ColumnType.STRING, max_length=5),
+            Column(name="body", type=ColumnType.STRING),
+            Column(name="count", type=ColumnType.INT, nullable=False),
+            Column(name="price", type=ColumnType.FLOAT, source="amount"),
+            Column(name="flag", type=ColumnType.BOOL),
+            Column(name="at", type=ColumnType.DATETIME),
+            Column(name="doc", type=ColumnType.JSON),
+        ),
+    )
+
+
+THINGS = _entity()
+DECODE = line_decoder(THINGS)
+
+
+def reference(entity: Entity, text: bytes) -> Row | str:
+    """The reference path's answer: a Row, or why not."""
+    try:
+        doc = native(jsontext.loads(text))
+    except ValueError:
+        return "not JSON"
+    if not isinstance(doc, dict):
+        return "not an object"
+    try:
+        return row_from_document(entity, doc)
+    except MappingError as exc:
+        return f"bad: {exc}"
+    except Exception as exc:  # the reference's own limits: the fast path must decline too
+        return f"error: {type(exc).__name__}"
+
+
+_TIMES = st.sampled_from(
+    [
+        "2024-04-01T21:52:03.622000Z",
+        "2024-04-01T21:52:03Z",
+        "2024-04-01T21:52:03+02:00",
+        "2024-04-01T21:52:03.622000z",
+        "2024-04-01t21:52:03Z",
+        "2024-04-01 21:52:03",
+        "2024-04-01",
+        "2024-04-01T21:52:03.1234567Z",
+        "not a time",
+        "",
+    ]
+)
+_TIME_OBJECTS = st.fixed_dictionaries(
+    {"$reql_type$": st.sampled_from(["TIME", "GEOMETRY"])},
+    optional={
+        "epoch_time": st.one_of(
+            st.floats(-1e10, 1e10), st.integers(-(10**10), 10**10), st.just("12"), st.booleans()
+        ),
+        "timezone": st.just("+00:00"),
+    },
+)
+_SCALARS = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**64), 2**64),
+    st.sampled_from([0, 1, -1, 2**63 - 1, -(2**63), 2**63, 10**30]),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.sampled_from([3.0, -0.0, 1e16, 1e300, 2.5]),
+    st.text(max_size=8),
+    st.sampled_from(["", "abcde", "abcdef", "\U0001f600" * 5, "\U0001f600" * 6, "é"]),
+    _TIMES,
+)
+_VALUES = st.one_of(
+    _SCALARS,
+    _TIME_OBJECTS,
+    st.lists(_SCALARS, max_size=3),
+    st.dictionaries(st.text(max_size=3), _SCALARS, max_size=3),
+    st.just({"nested": {"$reql_type$": "TIME", "epoch_time": 5}}),
+)
+_FIELDS = ["id", "client_id", "version", "_deleted", "label", "body", "count", "amount"]
+_FIELDS += ["flag", "at", "doc", "price", "extra"]
+
+
+@st.composite
+def documents(draw: st.DrawFn) -> dict[str, Any]:
+    """Mostly well-formed documents, each field possibly missing or of any type."""
+    good = {
+        "id": draw(st.sampled_from(["k1", "k-é", "\U0001f600"])),
+        "client_id": "c1",
+        "version": draw(st.integers(0, 9)),
+        "label": draw(st.text(max_size=5)),
+        "body": draw(st.text()),
+        "count": draw(st.integers(-(2**63), 2**63 - 1)),
+        "amount": draw(st.floats(allow_nan=False, allow_infinity=False)),
+        "flag": draw(st.booleans()),
+        "at": draw(st.one_of(_TIMES, _TIME_OBJECTS)),
+        "doc": draw(_VALUES),
+    }
+    if draw(st.booleans()):
+        good["_deleted"] = draw(st.sampled_from([True, False, 1, 0, "yes", "", None]))
+    for name in draw(st.lists(st.sampled_from(_FIELDS), max_size=3, unique=True)):
+        if draw(st.booleans()):
+            good.pop(name, None)
+        else:
+            good[name] = draw(_VALUES)
+    return good
+
+
+@settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(doc=documents(), ascii_only=st.booleans())
+@example(
+    doc={"id": "k", "client_id": "c", "version": 1, "count": 1, "at": "2024-04-01"}, ascii_only=True
+)
+def test_the_fast_path_maps_exactly_as_the_reference_or_declines(
+    doc: dict[str, Any], ascii_only: bool
+) -> None:
+    text = json.dumps(doc, ensure_ascii=ascii_only).encode()
+    fast = DECODE(text) if DECODE is not None else None
+    if fast is not None:
+        assert fast == reference(THINGS, text), text
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        b'{"id": "k", "client_id": "c", "version": 3.0, "count": 1}',  # integral float
+        b'{"id": "k", "client_id": "c", "version": 1, "count": 2.0}',
+        b'{"id": "k", "client_id": "c", "version": 1, "count": 1, "amount": NaN}',
+        b'{"id": "k", "client_id": "c", "version": 1, "count": 1, "amount": 1e400}',
+        b'{"id": "k", "client_id": "c", "version": 1, "count": 1, "body": "\\ud800"}',
+        b'{"id": "k", "client_id": "c", "version": 1, "count": 1, "doc": {"$reql_type$": "TIME",'
+        b' "epoch_time": 0}}',
+        b'{"id": "k", "client_id": "c", "version": 1, "count": 1, "doc": 123456789012345678901}',
+        b'{"id": "k", "client_id": "c", "version": 1, "count": 1, "id": 5}',  # duplicate key
+        b'{"\\u0069d": "k", "client_id": "c", "version": 1, "count": 1}',  # escaped name
+        b'{"id": "k", "client_id": "c", "version": 1}',  # non-nullable column missing
+        b"[1, 2]",
+    ],
+)
+def test_the_fast_path_on_the_corner_cases(text: bytes) -> None:
+    assert DECODE is not None
+    fast = DECODE(text)
+    assert fast is None or fast == reference(THINGS, text)
+
+
+def test_the_fast_path_takes_the_documents_an_export_holds(config: Config) -> None:
+    """Not a path that always declines: plain documents, TIME objects, tombstones."""
+    orders = config.entity("orders")
+    decode = line_decoder(orders)
+    assert decode is not None
+    t = datetime(2024, 4, 1, 21, 52, 3, 622000, tzinfo=UTC)
+    lines = [
+        {
+            "id": "a",
+            "client_id": "c",
+            "version": 1,
+            "status": "new",
+            "amount": 3,
+            "quantity": 2,
+            "paid": False,
+            "placed_at": "2024-04-01T21:52:03.622Z",
+            "meta": {"tags": ["x"], "n": 1},
+        },
+        {
+            "id": "b",
+            "client_id": "c",
+            "version": 2,
+            "placed_at": {"$reql_type$": "TIME", "epoch_time": t.timestamp(), "timezone": "+00:00"},
+        },
+        {"id": "c", "client_id": "c", "version": 3, "_deleted": True},
+    ]
+    for doc in lines:
+        text = json.dumps(doc).encode()
+        row = decode(text)
+        assert row is not None, doc
+        assert row == reference(orders, text)
+    first = decode(json.dumps(lines[0]).encode())
+    assert first is not None and first.values["amount"] == 3.0
+    assert type(first.values["amount"]) is float
+    second = decode(json.dumps(lines[1]).encode())
+    assert second is not None and second.values["placed_at"] == t
+
+
+def test_entities_msgspec_cannot_declare_have_no_fast_path() -> None:
+    """Two columns reading one field: the reference path handles those alone."""
+    twice = THINGS.model_copy(
+        update={
+            "columns": (*THINGS.columns, Column(name="again", type=ColumnType.INT, source="count"))
+        }
+    )
+    assert line_decoder(twice) is None
