@@ -131,6 +131,11 @@ class ProcessProducer:
     socket pair, not a ``multiprocessing`` child: forking a threaded process is unsafe,
     and ``spawn`` would re-run the caller's main script, which embedding programs do
     not always guard.
+
+    The child needs about 0.3 s to start (an interpreter and its imports). Until it
+    says it is ready, batches are prepared here, in the caller's thread, as
+    :class:`InlineProducer` does; the child then opens the partition at the position
+    after the last of them, so no document is read twice or skipped.
     """
 
     def __init__(self, source: Source, encoder: RowEncoder, limit: int, *, name: str) -> None:
@@ -150,26 +155,51 @@ class ProcessProducer:
         self._conn = Connection(ours.detach())
         self._requested = False
         self._send((source, encoder, limit))
+        self._ready = False  # the child has started and taken its setup
+        self._inline: InlineProducer | None = InlineProducer(source, encoder, limit)
+        #: The open partition and where the next batch starts, for handing it over.
+        self._partition: tuple[dict[str, Any], str | None, frozenset[str] | None] | None = None
+        self._child_has_partition = False
+        #: Batches prepared here while the child was starting, and by the child.
+        self.batches_inline = 0
+        self.batches_in_child = 0
 
     def open(
         self, spec: dict[str, Any], position: str | None, clients: frozenset[str] | None
     ) -> None:
         self._drain()
-        self._send(("open", spec, position, clients))
-        self._receive()
+        self._partition = (spec, position, clients)
+        self._child_has_partition = False
+        if self._child_is_ready():
+            self._hand_over()
+        else:
+            assert self._inline is not None
+            self._inline.open(spec, position, clients)
 
     def request(self) -> None:
-        if not self._requested:
+        if not self._child_has_partition and self._child_is_ready():
+            self._hand_over()
+        if self._child_has_partition and not self._requested:
             self._send(("next",))
             self._requested = True
 
     def take(self) -> ReadyBatch:
+        if not self._child_has_partition and not self._child_is_ready():
+            assert self._inline is not None and self._partition is not None
+            batch = self._inline.take()
+            spec, _, clients = self._partition
+            self._partition = (spec, batch.position, clients)
+            self.batches_inline += 1
+            return batch
         self.request()
         self._requested = False
         result: ReadyBatch = self._receive()
+        self.batches_in_child += 1
         return result
 
     def close(self) -> None:
+        if self._inline is not None:
+            self._inline.close()
         with suppress(ReaderGone):
             self._drain()
             self._send(("exit",))
@@ -179,6 +209,24 @@ class ProcessProducer:
             self._child.kill()
             self._child.wait()
         self._conn.close()
+
+    def _child_is_ready(self) -> bool:
+        """Whether the child has said it is ready (never waits for it)."""
+        if not self._ready and self._conn.poll(0):
+            self._receive()  # its "ready"; ReaderGone if it died starting
+            self._ready = True
+            if self._inline is not None:
+                self._inline.close()
+                self._inline = None
+        return self._ready
+
+    def _hand_over(self) -> None:
+        """Open the current partition in the child, where the last batch here ended."""
+        if self._partition is None:
+            return
+        self._send(("open", *self._partition))
+        self._receive()
+        self._child_has_partition = True
 
     def _drain(self) -> None:
         """Collect (and drop) a batch requested but not taken."""
@@ -229,9 +277,10 @@ def serve(fd: int) -> None:
     conn = Connection(fd)
     try:
         source, encoder, limit = conn.recv()
+        producer = InlineProducer(source, encoder, limit)
+        conn.send((True, "ready"))
     except (EOFError, OSError):
         return
-    producer = InlineProducer(source, encoder, limit)
     with long_lived_heap_frozen():
         while True:
             try:

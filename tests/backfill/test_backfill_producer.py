@@ -6,6 +6,7 @@ per worker, ``backfill/producer.py``), so these tests exercise it on small histo
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
@@ -18,6 +19,7 @@ import pytest
 from backfill_helpers import FAST, assert_state, child_pids, docs_for, history_state, quiet
 
 from backfill.partitions import partitions_of
+from backfill.producer import ProcessProducer
 from backfill.runner import Backfill
 from backfill.sources import ExportSource, RethinkSource, SourceError
 from cutover.config import Entity
@@ -135,3 +137,29 @@ def test_stopping_a_run_stops_its_reader_process(
     summary = job.run()
     assert summary.stopped and not summary.complete and summary.session_rows == FAST.batch
     assert _wait_gone() == []
+
+
+def test_batches_prepared_while_the_reader_starts_hand_over_exactly(
+    sql_store: SqlStore, orders: Entity, export_of: Export
+) -> None:
+    """Until the child is ready, batches are prepared in the caller's thread; the child
+    then takes over after the last of them: every document once, in order."""
+    state = history_state(orders, clients=2, ids=250, seed=23, delete_rate=0.0)
+    docs = docs_for(orders, state.values())
+    source = export_of(orders, docs)
+    [part] = source.plan(orders, None, workers=1, active_first=False)
+    producer = ProcessProducer(source, sql_store.encoder(orders), 7, name="test-reader")
+    keys: list[str] = []
+    try:
+        producer.open(part.spec, None, None)
+        while True:
+            batch = producer.take()
+            keys += [row[0] for chunk in batch.rows.chunks for row in json.loads(chunk)]
+            if batch.exhausted:
+                break
+            producer.request()
+            time.sleep(0.02)  # a commit's worth of time: the child gets ready meanwhile
+    finally:
+        producer.close()
+    assert keys == [d["id"] for d in docs]
+    assert producer.batches_inline > 0 and producer.batches_in_child > 0
