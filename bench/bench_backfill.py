@@ -36,16 +36,15 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pyodbc
-
+from backfill.line_decoder import line_decoder
 from backfill.runner import Backfill, Options
-from backfill.sources import ExportSource, write_export
+from backfill.sources import DocStream, ExportSource, find_table_file, write_export
 from backfill.verify import Verifier
 from cutover import services
 from cutover.config import Config, Entity, load_config
 from cutover.services.postgres import create_database
 from cutover.synthetic import client_ids, key_for, synthetic_data
-from stores.mapping import row_from_document
+from stores.mapping import Row, row_from_document
 from stores.sql import SqlStore
 from stores.sql.schema import entity_table
 
@@ -380,54 +379,37 @@ def breakdown(
 ) -> dict[str, float]:
     """Microseconds per row of each stage of the backfill's path, measured apart.
 
-    ``pyodbc_write_only`` runs the store's own upsert statement (``dialect.upsert``) with
-    its JSON batch parameter built beforehand, one transaction per 1,000 rows, as
-    ``SqlStore.apply`` does: the ceiling of any pyodbc backfill on this server.
+    ``read_and_map``: the export reader with the backfill's line decoder (exported
+    lines to rows); ``prepare``: ``RowEncoder.prepare`` per 1,000 rows (newest per
+    key, key order, JSON); ``write_only``: ``SqlStore.apply`` of those prepared
+    batches, one transaction each: the ceiling of any pyodbc backfill on this server.
     """
-    from cutover.events import now_utc
-
-    docs: list[Any] = []
+    stream = DocStream(find_table_file(folder, entity), decode_row=line_decoder(entity))
+    rows: list[Row] = []
     start = time.perf_counter()
-    for doc in ExportSource(folder).stream(entity):
-        docs.append(doc)
-        if len(docs) >= n:
+    for item, _ in stream:
+        rows.append(item if isinstance(item, Row) else row_from_document(entity, item))
+        if len(rows) >= n:
             break
-    parse = time.perf_counter() - start
-    start = time.perf_counter()
-    rows = [row_from_document(entity, d) for d in docs]
-    mapping = time.perf_counter() - start
+    read = time.perf_counter() - start
     dsn = create_database(admin, "bench_breakdown", replace=True)
     store = SqlStore(dsn, "postgresql", config)
     store.ensure_schema()
-    table = store.table(entity)
-    now = now_utc()
     full = n - n % 1000
-    start = time.perf_counter()
     encoder = store.encoder(entity)
-    batches = [encoder.batch_json(rows[i : i + 1000], now) for i in range(0, full, 1000)]
-    bind = time.perf_counter() - start
-    sql = store.dialect.upsert(
-        table.name,
-        [(c.name, c.kind) for c in table.columns],
-        key=entity.key,
-        version=entity.version,
-        deleted="_deleted",
-    )
-    conn = pyodbc.connect(dsn, autocommit=False)
-    cur = conn.cursor()
     start = time.perf_counter()
-    for batch in batches:
-        cur.execute(sql, batch)
-        conn.commit()
+    prepared = [encoder.prepare(rows[i : i + 1000]) for i in range(0, full, 1000)]
+    prepare = time.perf_counter() - start
+    start = time.perf_counter()
+    for batch in prepared:
+        store.apply(entity, batch)
     write = time.perf_counter() - start
-    conn.close()
     store.close()
-    per = 1e6 / n
+    per = 1e6 / (full or 1)
     return {
-        "parse": parse * per,
-        "row_from_document": mapping * per,
-        "bind_params": bind * per,
-        "pyodbc_write_only": write * 1e6 / (full or 1),
+        "read_and_map": read * 1e6 / n,
+        "prepare": prepare * per,
+        "write_only": write * per,
         "native_copy_upsert": native_per_row_s * 1e6,
     }
 

@@ -85,8 +85,9 @@ class PreparedRows:
     """Rows of one entity ready for the upsert: newest per key, in key order, as JSON."""
 
     entity: str
-    chunks: tuple[str, ...]  # one upsert statement's parameter each
+    chunks: tuple[str, ...]  # one upsert statement's batch parameter each
     received: int  # rows given, duplicates included (those count as stale)
+    written_at: Any  # the write time, bound as it is (``_updated_at`` of every row)
 
 
 @dataclass(frozen=True)
@@ -104,45 +105,47 @@ class RowEncoder:
     table: Table
 
     def prepare(self, rows: Sequence[Row]) -> PreparedRows:
-        """Newest row per key, in key order, as JSON chunks; stamped ``_updated_at`` now."""
+        """Newest row per key, in key order, as JSON chunks, to be stamped written now."""
         # Key order: every writer locks rows in the same order, so a backfill batch and
         # a subscription batch touching the same keys cannot deadlock each other.
         unique = sorted(newest(rows), key=lambda row: row.key)
-        now = now_utc()
         step = self.dialect.max_rows
         chunks = tuple(
-            self.batch_json(unique[start : start + step], now)
-            for start in range(0, len(unique), step)
+            self.batch_json(unique[start : start + step]) for start in range(0, len(unique), step)
         )
-        return PreparedRows(self.entity.name, chunks, len(rows))
+        written_at = self.dialect.to_db("datetime", now_utc())
+        return PreparedRows(self.entity.name, chunks, len(rows), written_at)
 
     @cached_property
     def _layout(self) -> tuple[tuple[str, ...], tuple[tuple[int, Callable[[Any], Any]], ...]]:
         """The mapped columns in table order, and (position, conversion) where one applies.
 
-        :meth:`batch_json` writes the five columns every entity table starts with
-        first; this checks the table really does, rather than trusting it.
+        :meth:`batch_json` writes four of the columns every entity table starts with
+        first (``_updated_at`` is a parameter of its own); this checks the table really
+        does start with them, rather than trusting it.
         """
         e = self.entity
-        fixed = (e.key, e.client, e.version, DELETED, UPDATED_AT)
+        fixed = (e.key, e.client, e.version, DELETED)
+        if self.table.columns[len(fixed)].name != UPDATED_AT:
+            raise ValueError(f"table {self.table.name!r}: {UPDATED_AT} is not its 5th column")
         if tuple(c.name for c in self.table.columns[: len(fixed)]) != fixed:
             raise ValueError(f"table {self.table.name!r} does not start with {fixed}")
         columns = entity_value_columns(e, self.table)
         converted = []
-        for at, column in enumerate(columns, start=len(fixed)):
+        for at, column in enumerate(columns, start=len(fixed)):  # after the fixed four
             convert = self.dialect.json_converter(column.kind)
             if convert is not None:
                 converted.append((at, convert))
         return tuple(c.name for c in columns), tuple(converted)
 
-    def batch_json(self, rows: Sequence[Row], now: Any) -> str:
-        """The JSON parameter of the upsert: one array per row, in the table's column order."""
+    def batch_json(self, rows: Sequence[Row]) -> str:
+        """The batch parameter of the upsert: one array per row, in the table's column
+        order without ``_updated_at``."""
         names, converted = self._layout
-        stamp = self.dialect.to_json("datetime", now)
         arrays = []
         for row in rows:
             get = row.values.get
-            values = [row.key, row.client_id, row.version, row.deleted, stamp]
+            values = [row.key, row.client_id, row.version, row.deleted]
             values += [get(name) for name in names]
             for at, convert in converted:
                 value = values[at]
@@ -313,11 +316,16 @@ class SqlStore:
         table = self.table(entity)
         columns = [(c.name, c.kind) for c in table.columns]
         sql = self.dialect.upsert(
-            table.name, columns, key=entity.key, version=entity.version, deleted=DELETED
+            table.name,
+            columns,
+            key=entity.key,
+            version=entity.version,
+            deleted=DELETED,
+            stamp=UPDATED_AT,
         )
         applied = 0
         for chunk in prepared.chunks:
-            cur.execute(sql, chunk)
+            cur.execute(sql, prepared.written_at, chunk)
             applied += max(cur.rowcount, 0)
         return WriteResult(applied, prepared.received - applied)
 

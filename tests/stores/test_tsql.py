@@ -42,6 +42,7 @@ def _statements(config: Config) -> dict[str, str]:
             key=orders.key,
             version=orders.version,
             deleted="_deleted",
+            stamp="_updated_at",
         ),
         "page_orders": page,
     }
@@ -80,7 +81,7 @@ def test_the_parser_check_can_fail() -> None:
         sqlfluff.parse("MERGE INTO [t] USING WHEN MATCHED THEN UPDATE SET\n", dialect="tsql")
 
 
-def test_upsert_binds_one_parameter_whatever_the_batch(config: Config) -> None:
+def test_upsert_binds_two_parameters_whatever_the_batch(config: Config) -> None:
     """SQL Server caps a statement at 2,100 parameters: the batch travels as one JSON."""
     orders = config.entity("orders")
     table = entity_table(orders)
@@ -90,9 +91,11 @@ def test_upsert_binds_one_parameter_whatever_the_batch(config: Config) -> None:
         key=orders.key,
         version=orders.version,
         deleted="_deleted",
+        stamp="_updated_at",
     )
-    assert sql.count("?") == 1
-    assert "OPENJSON(?)" in sql and "WITH (HOLDLOCK)" in sql
+    assert sql.count("?") == 2  # the write time, then the batch
+    assert sql.index("CAST(? AS DATETIME2(6))") < sql.index("OPENJSON(?)")
+    assert "WITH (HOLDLOCK)" in sql
 
 
 @pytest.mark.parametrize(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -182,3 +183,29 @@ def test_every_value_survives_the_batch_exactly(
 
 def _without_amount(row: Row) -> Row:
     return Row(row.key, row.client_id, row.version, row.deleted, {**row.values, "amount": 0})
+
+
+def test_each_write_stamps_its_rows_with_the_write_time(
+    sql_store: SqlStore, config: Config
+) -> None:
+    """``_updated_at`` (bound once per statement, not carried per row) is the time of the
+    write that last changed the row, in UTC; a stale write leaves it alone."""
+    orders = config.entity("orders")
+    q = sql_store.dialect.quote
+
+    def stamp() -> datetime:
+        with sql_store.transaction() as cur:
+            sql = f"SELECT {q('_updated_at')} FROM {q('orders')} WHERE {q('id')} = ?"
+            value = cur.execute(sql, "k").fetchone()[0]
+        return sql_store.dialect.from_db("datetime", value)
+
+    _reset(sql_store, config)
+    before = datetime.now(UTC)
+    sql_store.apply(orders, [Row("k", "c", 2, False, {"status": "a"})])
+    first = stamp()
+    assert before - timedelta(seconds=1) <= first <= datetime.now(UTC) + timedelta(seconds=1)
+    sql_store.apply(orders, [Row("k", "c", 1, False, {"status": "old"})])  # stale
+    assert stamp() == first
+    time.sleep(0.01)
+    sql_store.apply(orders, [Row("k", "c", 3, False, {"status": "b"})])
+    assert stamp() > first
