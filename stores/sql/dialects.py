@@ -151,6 +151,8 @@ class Dialect:
             sep = " " if self.name == "sqlite" else "T"
 
             def naive_utc_text(value: datetime) -> str:
+                if value.tzinfo is UTC:  # what the mapping gives: skip making a naive copy
+                    return value.isoformat(sep=sep, timespec="microseconds")[:-6]  # "+00:00"
                 return _naive_utc(value).isoformat(sep=sep, timespec="microseconds")
 
             return naive_utc_text
