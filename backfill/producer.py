@@ -36,6 +36,12 @@ from .sources import Reader, Source
 
 #: Estimated rows from which a run prepares its batches in child processes.
 PROCESS_THRESHOLD = 50_000
+#: Batches a reader process prepares ahead of the one being committed. Two, not one:
+#: with one, any batch that reads slower than the last one commits leaves the
+#: database idle, and any that commits slower leaves the reader idle.
+AHEAD = 2
+#: Socket room per batch (a 1,000-row batch of the benchmark's documents is ~190 kB).
+_BATCH_BYTES_HINT = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -141,6 +147,11 @@ class ProcessProducer:
     def __init__(self, source: Source, encoder: RowEncoder, limit: int, *, name: str) -> None:
         self.name = name
         ours, theirs = socket.socketpair()
+        # Room in the socket for the batches prepared ahead, so the child never waits to
+        # hand one over (a Unix socket queues against the sender's buffer, which the
+        # kernel caps at net.core.wmem_max).
+        with suppress(OSError):
+            theirs.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, AHEAD * _BATCH_BYTES_HINT)
         path = os.pathsep.join(p for p in sys.path if p)
         try:
             self._child = subprocess.Popen(
@@ -153,7 +164,7 @@ class ProcessProducer:
         finally:
             theirs.close()
         self._conn = Connection(ours.detach())
-        self._requested = False
+        self._outstanding = 0  # batches requested from the child and not yet received
         self._send((source, encoder, limit))
         self._ready = False  # the child has started and taken its setup
         self._inline: InlineProducer | None = InlineProducer(source, encoder, limit)
@@ -179,9 +190,9 @@ class ProcessProducer:
     def request(self) -> None:
         if not self._child_has_partition and self._child_is_ready():
             self._hand_over()
-        if self._child_has_partition and not self._requested:
+        while self._child_has_partition and self._outstanding < AHEAD:
             self._send(("next",))
-            self._requested = True
+            self._outstanding += 1
 
     def take(self) -> ReadyBatch:
         if not self._child_has_partition and not self._child_is_ready():
@@ -191,8 +202,12 @@ class ProcessProducer:
             self._partition = (spec, batch.position, clients)
             self.batches_inline += 1
             return batch
-        self.request()
-        self._requested = False
+        if not self._child_has_partition:
+            self._hand_over()
+        if self._outstanding == 0:
+            self._send(("next",))
+            self._outstanding += 1
+        self._outstanding -= 1
         result: ReadyBatch = self._receive()
         self.batches_in_child += 1
         return result
@@ -229,9 +244,9 @@ class ProcessProducer:
         self._child_has_partition = True
 
     def _drain(self) -> None:
-        """Collect (and drop) a batch requested but not taken."""
-        if self._requested:
-            self._requested = False
+        """Collect (and drop) the batches requested but not taken."""
+        while self._outstanding:
+            self._outstanding -= 1
             try:
                 self._receive()
             except ReaderGone:

@@ -1,8 +1,9 @@
 """The backfill loop: copy old documents into the SQL store, batch by batch.
 
 Per batch: read a page from the partition's position -> map each document with
-``row_from_document`` (a document that cannot be mapped is counted and recorded with
-its key, never dropped silently) -> in ONE transaction: ``SqlStore.apply`` (the shared
+``row_from_document`` (an export's lines mostly go straight to rows through
+``line_decoder``, its fast path; a document that cannot be mapped is counted and
+recorded with its key, never dropped silently) -> in ONE transaction: ``SqlStore.apply`` (the shared
 version-guarded write path, so a backfilled row never overwrites a newer
 double-written version and never resurrects a tombstone), the bad-document records,
 the ledger counts and the checkpoint (which also renews the partition's lease) ->
