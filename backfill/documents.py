@@ -40,7 +40,7 @@ def _ref(key: Any, where: str) -> str:
 
 
 def _key_of(doc: Row | dict[str, Any], field: str) -> Any:
-    return doc.key if type(doc) is Row else doc.get(field)  # type: ignore[union-attr]
+    return doc.key if isinstance(doc, Row) else doc.get(field)
 
 
 def map_documents(

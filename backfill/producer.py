@@ -5,9 +5,9 @@ mostly the database's. In one process they fight over the GIL, and pyodbc takes 
 GIL back many times during one statement, so a busy mapping thread stalls every
 commit: measured here, a 7 ms upsert took 250 ms next to a thread holding the GIL. So
 a large copy gives each worker a child process that prepares batches N+1 and N+2
-while the worker commits batch N. The child only reads the old store and computes; every write,
-checkpoint and lease stays in the worker, so crash safety does not change: a child
-that dies loses nothing but work it had not handed over.
+while the worker commits batch N. The child only reads the old store and computes;
+every write, checkpoint and lease stays in the worker, so crash safety does not
+change: a child that dies loses nothing but work it had not handed over.
 
 Small copies prepare their batches in the worker's thread: starting a process costs
 about 0.3 s of CPU, more than such a copy takes.
