@@ -141,10 +141,20 @@ class ProcessProducer:
     The child needs about 0.3 s to start (an interpreter and its imports). Until it
     says it is ready, batches are prepared here, in the caller's thread, as
     :class:`InlineProducer` does; the child then opens the partition at the position
-    after the last of them, so no document is read twice or skipped.
+    after the last of them, so no document is read twice or skipped. With
+    ``warm_up=False`` the first batch waits for the child instead (tests use it to
+    make sure the child does the work).
     """
 
-    def __init__(self, source: Source, encoder: RowEncoder, limit: int, *, name: str) -> None:
+    def __init__(
+        self,
+        source: Source,
+        encoder: RowEncoder,
+        limit: int,
+        *,
+        name: str,
+        warm_up: bool = True,
+    ) -> None:
         self.name = name
         ours, theirs = socket.socketpair()
         # Room in the socket for the batches prepared ahead, so the child never waits to
@@ -167,7 +177,7 @@ class ProcessProducer:
         self._outstanding = 0  # batches requested from the child and not yet received
         self._send((source, encoder, limit))
         self._ready = False  # the child has started and taken its setup
-        self._inline: InlineProducer | None = InlineProducer(source, encoder, limit)
+        self._inline = InlineProducer(source, encoder, limit) if warm_up else None
         #: The open partition and where the next batch starts, for handing it over.
         self._partition: tuple[dict[str, Any], str | None, frozenset[str] | None] | None = None
         self._child_has_partition = False
@@ -226,8 +236,8 @@ class ProcessProducer:
         self._conn.close()
 
     def _child_is_ready(self) -> bool:
-        """Whether the child has said it is ready (never waits for it)."""
-        if not self._ready and self._conn.poll(0):
+        """Whether the child has said it is ready (waits for it only without warm-up)."""
+        if not self._ready and (self._inline is None or self._conn.poll(0)):
             self._receive()  # its "ready"; ReaderGone if it died starting
             self._ready = True
             if self._inline is not None:
@@ -365,12 +375,18 @@ def long_lived_heap_frozen() -> Iterator[None]:
 
 
 def producer_for(
-    source: Source, encoder: RowEncoder, limit: int, *, in_process: bool, name: str
+    source: Source,
+    encoder: RowEncoder,
+    limit: int,
+    *,
+    in_process: bool,
+    name: str,
+    warm_up: bool = True,
 ) -> Producer:
     """A child-process producer for large copies, else one in the caller's thread."""
     if in_process:
         return InlineProducer(source, encoder, limit)
-    return ProcessProducer(source, encoder, limit, name=name)
+    return ProcessProducer(source, encoder, limit, name=name, warm_up=warm_up)
 
 
 __all__ = [

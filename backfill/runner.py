@@ -80,6 +80,8 @@ class Options:
     wait_for_others: bool = True  # stay until the run completes, to take over dead leases
     #: Prepare batches in a child process per worker (None: when the run is large).
     processes: bool | None = None
+    #: With a reader process: prepare batches in the worker while the process starts.
+    reader_warm_up: bool = True
 
 
 @dataclass
@@ -264,6 +266,7 @@ class Backfill:
                 self.sql.encoder(self.entity),
                 self.opt.batch,
                 in_process=not processes,
+                warm_up=self.opt.reader_warm_up,
                 name=f"cutover-backfill-reader-{index}",
             )
             while not self._stop.is_set():
