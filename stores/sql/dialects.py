@@ -133,13 +133,9 @@ class Dialect:
             return f"{sql} OFFSET 0 ROWS FETCH NEXT {int(n)} ROWS ONLY"
         return f"{sql} LIMIT {int(n)}"
 
-    def to_json(self, kind: ColumnType | InternalType, value: Any) -> Any:
-        """A Python value as it travels inside the JSON batch of :meth:`upsert`."""
-        convert = self.json_converter(kind)
-        return value if convert is None or value is None else convert(value)
-
     def json_converter(self, kind: ColumnType | InternalType) -> Callable[[Any], Any] | None:
-        """The conversion :meth:`to_json` applies to non-null values; None when none.
+        """How a non-null value of ``kind`` travels in the JSON batch of :meth:`upsert`;
+        None when it travels as it is.
 
         Strings, numbers and booleans travel as they are; only timestamps and JSON
         columns change form, so a batch builder can skip the call for the rest.
@@ -172,8 +168,9 @@ class Dialect:
 
         The first parameter is the write time, which goes to column ``stamp`` of every
         row. The second is the batch as JSON: an array with one array per row, holding
-        the other columns' values in ``columns`` order (see :meth:`to_json`), unpacked by
-        the server (``OPENJSON ... WITH``, ``jsonb_array_elements``, ``json_each``).
+        the other columns' values in ``columns`` order (see :meth:`json_converter`),
+        unpacked by the server (``OPENJSON ... WITH``, ``jsonb_array_elements``,
+        ``json_each``).
 
         Why so: binding costs the driver microseconds per parameter, and SQL Server's
         2,100-parameter limit no longer caps the rows per statement. Positional rows

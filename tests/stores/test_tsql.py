@@ -83,16 +83,7 @@ def test_the_parser_check_can_fail() -> None:
 
 def test_upsert_binds_two_parameters_whatever_the_batch(config: Config) -> None:
     """SQL Server caps a statement at 2,100 parameters: the batch travels as one JSON."""
-    orders = config.entity("orders")
-    table = entity_table(orders)
-    sql = TSQL.upsert(
-        table.name,
-        [(c.name, c.kind) for c in table.columns],
-        key=orders.key,
-        version=orders.version,
-        deleted="_deleted",
-        stamp="_updated_at",
-    )
+    sql = _statements(config)["upsert_orders"]
     assert sql.count("?") == 2  # the write time, then the batch
     assert sql.index("CAST(? AS DATETIME2(6))") < sql.index("OPENJSON(?)")
     assert "WITH (HOLDLOCK)" in sql
