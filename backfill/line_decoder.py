@@ -25,7 +25,7 @@ import msgspec
 from msgspec.structs import astuple
 
 from cutover.config import Column, ColumnType, Entity
-from stores.mapping import Row, parse_datetime
+from stores.mapping import Row, parse_datetime, tombstone_values
 
 #: Decodes one document's JSON text; None means "use the reference path".
 LineDecoder = Callable[[bytes], Row | None]
@@ -89,7 +89,6 @@ def line_decoder(entity: Entity) -> LineDecoder | None:
     decode = msgspec.json.Decoder(struct).decode
     convert = _conversions(entity.columns)
     names = tuple(c.name for c in entity.columns)
-    empty = dict.fromkeys(names)
 
     def decode_line(text: bytes) -> Row | None:
         try:
@@ -97,7 +96,7 @@ def line_decoder(entity: Entity) -> LineDecoder | None:
         except (msgspec.DecodeError, UnicodeDecodeError):
             return None
         if deleted:
-            return Row(key, client, version, True, dict(empty))
+            return Row(key, client, version, True, tombstone_values(entity))
         values = dict(zip(names, columns, strict=True))
         for name, fix in convert:
             value = values[name]

@@ -211,7 +211,7 @@ def row_from_event(entity: Entity, event: Event) -> Row:
     if event.entity != entity.name:
         raise MappingError(f"event {event.event_id!r} is for {event.entity!r}, not {entity.name!r}")
     if event.op == "delete":
-        return Row(event.id, event.client_id, event.version, True, _empty(entity))
+        return Row(event.id, event.client_id, event.version, True, tombstone_values(entity))
     return Row(
         event.id,
         event.client_id,
@@ -236,7 +236,7 @@ def row_from_document(entity: Entity, doc: Mapping[str, Any]) -> Row:
     if isinstance(version, bool) or not isinstance(version, int) or version < 0:
         raise MappingError(f"{where}: version field {entity.version!r} missing or not an int >= 0")
     if doc.get(entity.deleted_marker):
-        return Row(key, client, version, True, _empty(entity))
+        return Row(key, client, version, True, tombstone_values(entity))
     return Row(key, client, version, False, map_values(entity, doc, key=key, floats_as_ints=True))
 
 
@@ -255,7 +255,8 @@ def document_from_row(entity: Entity, row: Row) -> dict[str, Any]:
     return doc
 
 
-def _empty(entity: Entity) -> dict[str, Any]:
+def tombstone_values(entity: Entity) -> dict[str, Any]:
+    """A tombstone's values: every column, all None."""
     return dict(_compile(entity).empty)
 
 
