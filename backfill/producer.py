@@ -200,9 +200,8 @@ class ProcessProducer:
     def request(self) -> None:
         if not self._child_has_partition and self._child_is_ready():
             self._hand_over()
-        while self._child_has_partition and self._outstanding < AHEAD:
-            self._send(("next",))
-            self._outstanding += 1
+        if self._child_has_partition:
+            self._ask_for(AHEAD)
 
     def take(self) -> ReadyBatch:
         if not self._child_has_partition and not self._child_is_ready():
@@ -214,9 +213,7 @@ class ProcessProducer:
             return batch
         if not self._child_has_partition:
             self._hand_over()
-        if self._outstanding == 0:
-            self._send(("next",))
-            self._outstanding += 1
+        self._ask_for(1)
         self._outstanding -= 1
         result: ReadyBatch = self._receive()
         self.batches_in_child += 1
@@ -244,6 +241,12 @@ class ProcessProducer:
                 self._inline.close()
                 self._inline = None
         return self._ready
+
+    def _ask_for(self, batches: int) -> None:
+        """Have ``batches`` requested from the child and not yet received."""
+        while self._outstanding < batches:
+            self._send(("next",))
+            self._outstanding += 1
 
     def _hand_over(self) -> None:
         """Open the current partition in the child, where the last batch here ended."""

@@ -24,6 +24,7 @@
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import random
@@ -36,6 +37,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from backfill.documents import map_documents
 from backfill.line_decoder import line_decoder
 from backfill.runner import Backfill, Options
 from backfill.sources import DocStream, ExportSource, find_table_file, write_export
@@ -44,7 +46,7 @@ from cutover import services
 from cutover.config import Config, Entity, load_config
 from cutover.services.postgres import create_database
 from cutover.synthetic import client_ids, key_for, synthetic_data
-from stores.mapping import Row, row_from_document
+from stores.mapping import row_from_document
 from stores.sql import SqlStore
 from stores.sql.schema import entity_table
 
@@ -385,12 +387,9 @@ def breakdown(
     batches, one transaction each: the ceiling of any pyodbc backfill on this server.
     """
     stream = DocStream(find_table_file(folder, entity), decode_row=line_decoder(entity))
-    rows: list[Row] = []
     start = time.perf_counter()
-    for item, _ in stream:
-        rows.append(item if isinstance(item, Row) else row_from_document(entity, item))
-        if len(rows) >= n:
-            break
+    items = [item for item, _ in itertools.islice(stream, n)]
+    rows = map_documents(entity, items, str)[0]
     read = time.perf_counter() - start
     dsn = create_database(admin, "bench_breakdown", replace=True)
     store = SqlStore(dsn, "postgresql", config)
