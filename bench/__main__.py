@@ -18,7 +18,16 @@ RESULTS = Path("bench-results")
 
 
 def main(argv: list[str]) -> int:
-    names = argv or sorted(p.stem.removeprefix("bench_") for p in HERE.glob("bench_*.py"))
+    known = sorted(p.stem.removeprefix("bench_") for p in HERE.glob("bench_*.py"))
+    if any(arg in ("-h", "--help") for arg in argv):
+        print(__doc__)
+        print(f"benchmarks: {', '.join(known)}")
+        return 0
+    unknown = [name for name in argv if name not in known]
+    if unknown:
+        print(f"unknown benchmark(s): {', '.join(unknown)}; known: {', '.join(known)}")
+        return 2
+    names = argv or known
     failed = []
     for name in names:
         print(f"\n=== bench {name} ===", flush=True)
