@@ -14,7 +14,7 @@ from typing import Any
 import pyodbc
 
 from cutover.events import now_utc
-from stores.sql import SqlStore, bookkeeping
+from stores.sql import SqlStore, StatementCursors, bookkeeping
 
 from .tables import COUNTERS
 
@@ -55,7 +55,7 @@ def _zero(subscription: str) -> dict[str, Any]:
 
 def add(
     store: SqlStore,
-    cursor: pyodbc.Cursor,
+    cursor: StatementCursors,
     subscription: str,
     *,
     applied: int,

@@ -19,13 +19,11 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 
-import pyodbc
-
 from cutover.config import ConfigError, Subscription
 from cutover.events import EventError, now_utc
 from cutover.runtime import Runtime
 from stores.mapping import MappingError
-from stores.sql import SqlStore, bookkeeping
+from stores.sql import SqlStore, StatementCursors, bookkeeping
 
 from . import audit
 from .decode import decode
@@ -115,7 +113,7 @@ def _clean(text: str) -> str:
 
 
 def record(
-    store: SqlStore, cursor: pyodbc.Cursor, subscription: Subscription, poisons: Sequence[Poison]
+    store: SqlStore, cursor: StatementCursors, subscription: Subscription, poisons: Sequence[Poison]
 ) -> None:
     """Write poison messages in the caller's transaction (the batch's, for the SQL sink).
 
@@ -274,7 +272,7 @@ def replay(
     return outcome
 
 
-def _resolve(store: SqlStore, cursor: pyodbc.Cursor, failure: Failure, note: str) -> None:
+def _resolve(store: SqlStore, cursor: StatementCursors, failure: Failure, note: str) -> None:
     d, q = store.dialect, store.dialect.quote
     cursor.execute(
         f"UPDATE {q(FAILURES.name)} SET {q('status')} = ?, "

@@ -16,13 +16,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Literal, Protocol
 
-import pyodbc
-
 from cutover.config import Entity, Subscription
 from cutover.runtime import Runtime
 from stores.mapping import Row
 from stores.rethink import RethinkStore
-from stores.sql import SqlStore, WriteResult
+from stores.sql import SqlStore, StatementCursors, WriteResult
 
 
 class Sink(Protocol):
@@ -31,7 +29,7 @@ class Sink(Protocol):
     def prepare(self, entity: Entity) -> None:
         """Create the target table if missing (idempotent, called at worker start)."""
 
-    def write(self, entity: Entity, rows: Sequence[Row], cursor: pyodbc.Cursor) -> WriteResult:
+    def write(self, entity: Entity, rows: Sequence[Row], cursor: StatementCursors) -> WriteResult:
         """Apply rows with the version rules; ``cursor`` is the batch's SQL transaction."""
 
 
@@ -44,7 +42,7 @@ class SqlSink:
     def prepare(self, entity: Entity) -> None:
         """Entity tables are created with the bookkeeping tables by ``ensure_schema``."""
 
-    def write(self, entity: Entity, rows: Sequence[Row], cursor: pyodbc.Cursor) -> WriteResult:
+    def write(self, entity: Entity, rows: Sequence[Row], cursor: StatementCursors) -> WriteResult:
         return self.store.apply(entity, rows, cursor=cursor)
 
 
@@ -57,7 +55,7 @@ class RethinkSink:
     def prepare(self, entity: Entity) -> None:
         self.store.ensure_tables([entity])
 
-    def write(self, entity: Entity, rows: Sequence[Row], cursor: pyodbc.Cursor) -> WriteResult:
+    def write(self, entity: Entity, rows: Sequence[Row], cursor: StatementCursors) -> WriteResult:
         return self.store.write(entity, rows)
 
 

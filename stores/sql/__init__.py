@@ -1,6 +1,7 @@
 """The SQL Server store (and its stand-ins) behind one batch write path."""
 
 from . import bookkeeping
+from ._cursors import StatementCursors
 from .dialects import DIALECTS, Dialect, get_dialect
 from .schema import Col, Table, entity_table
 from .store import (
@@ -20,6 +21,7 @@ __all__ = [
     "PreparedRows",
     "RowEncoder",
     "SqlStore",
+    "StatementCursors",
     "StoreUnavailable",
     "Table",
     "WriteResult",

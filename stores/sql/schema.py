@@ -15,11 +15,10 @@ import json
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-import pyodbc
-
 from cutover.config import SYSTEM_COLUMNS, Entity
 from cutover.events import now_utc
 
+from ._cursors import StatementCursors
 from .dialects import Dialect
 
 
@@ -126,12 +125,12 @@ def add_column_sql(dialect: Dialect, table: Table, col: Col) -> str:
     return f"ALTER TABLE {dialect.quote(table.name)} {add} {_column_ddl(dialect, relaxed)}"
 
 
-def existing_columns(cursor: pyodbc.Cursor, dialect: Dialect, table: Table) -> set[str]:
+def existing_columns(cursor: StatementCursors, dialect: Dialect, table: Table) -> set[str]:
     cursor.execute(f"SELECT * FROM {dialect.quote(table.name)} WHERE 1 = 0")
     return {d[0].lower() for d in cursor.description}
 
 
-def ensure_tables(cursor: pyodbc.Cursor, dialect: Dialect, tables: Iterable[Table]) -> list[str]:
+def ensure_tables(cursor: StatementCursors, dialect: Dialect, tables: Iterable[Table]) -> list[str]:
     """Create or upgrade tables; returns what changed, for the caller to report."""
     changes: list[str] = []
     for statement in create_table_sql(dialect, SCHEMA_TABLE):
@@ -153,7 +152,7 @@ def ensure_tables(cursor: pyodbc.Cursor, dialect: Dialect, tables: Iterable[Tabl
     return changes
 
 
-def _recorded(cursor: pyodbc.Cursor, dialect: Dialect, name: str) -> tuple[int, str] | None:
+def _recorded(cursor: StatementCursors, dialect: Dialect, name: str) -> tuple[int, str] | None:
     q = dialect.quote
     cursor.execute(
         f"SELECT {q('version')}, {q('fingerprint')} FROM {q('cutover_schema')} "
@@ -165,7 +164,7 @@ def _recorded(cursor: pyodbc.Cursor, dialect: Dialect, name: str) -> tuple[int, 
 
 
 def _record(
-    cursor: pyodbc.Cursor, dialect: Dialect, table: Table, version: int, *, update: bool
+    cursor: StatementCursors, dialect: Dialect, table: Table, version: int, *, update: bool
 ) -> None:
     q = dialect.quote
     now = dialect.to_db("datetime", now_utc())

@@ -25,6 +25,7 @@ from cutover.settings import Settings, redact
 
 from .. import jsontext
 from ..mapping import Row
+from ._cursors import StatementCursors
 from .dialects import Dialect, get_dialect
 from .schema import (
     DELETED,
@@ -152,7 +153,7 @@ class RowEncoder:
                 if value is not None:
                     values[at] = convert(value)
             arrays.append(values)
-        return jsontext.dumps(arrays)
+        return jsontext.dumps_with_times(arrays)
 
 
 def newest(rows: Iterable[Row]) -> list[Row]:
@@ -183,11 +184,8 @@ class SqlStore:
         self.config = config
         self._login_timeout = login_timeout_s
         self._query_timeout = query_timeout_s
-        # (connection, cursor) pairs: reusing the cursor keeps pyodbc's prepared statement,
-        # which for a many-parameter upsert saves a large share of each batch's cost.
-        self._pool: queue.LifoQueue[tuple[pyodbc.Connection, pyodbc.Cursor]] = queue.LifoQueue(
-            maxsize=pool_size
-        )
+        # Connections with their cursors: reusing them keeps each statement prepared.
+        self._pool: queue.LifoQueue[StatementCursors] = queue.LifoQueue(maxsize=pool_size)
         self._lock = threading.Lock()
         self._tables = {name: entity_table(e) for name, e in config.entities.items()}
 
@@ -212,7 +210,7 @@ class SqlStore:
         return conn
 
     @contextmanager
-    def transaction(self) -> Iterator[pyodbc.Cursor]:
+    def transaction(self) -> Iterator[StatementCursors]:
         """A cursor in a transaction: committed on success, rolled back on error.
 
         Transient database errors surface as :class:`StoreUnavailable` so callers can
@@ -223,10 +221,10 @@ class SqlStore:
         deadlocking on the lock upgrade (which SQLite resolves only by timing out).
         """
         try:
-            conn, cursor = self._pool.get_nowait()
+            cursor = self._pool.get_nowait()
         except queue.Empty:
-            conn = self._connect()
-            cursor = conn.cursor()
+            cursor = StatementCursors(self._connect())
+        conn = cursor.connection
         healthy = True
         explicit = self.dialect.name == "sqlite"
         try:
@@ -256,14 +254,14 @@ class SqlStore:
         finally:
             if healthy:
                 try:
-                    self._pool.put_nowait((conn, cursor))
+                    self._pool.put_nowait(cursor)
                 except queue.Full:
                     _close_quietly(conn)
 
     def close(self) -> None:
         while True:
             try:
-                _close_quietly(self._pool.get_nowait()[0])
+                _close_quietly(self._pool.get_nowait().connection)
             except queue.Empty:
                 return
 
@@ -299,7 +297,7 @@ class SqlStore:
         entity: Entity,
         rows: Sequence[Row] | PreparedRows,
         *,
-        cursor: pyodbc.Cursor | None = None,
+        cursor: StatementCursors | None = None,
     ) -> WriteResult:
         """Write rows with the version rules; in ``cursor``'s transaction when given."""
         prepared = rows if isinstance(rows, PreparedRows) else self.prepare(entity, rows)
@@ -310,7 +308,7 @@ class SqlStore:
         with self.transaction() as cur:
             return self._apply(cur, entity, prepared)
 
-    def _apply(self, cur: pyodbc.Cursor, entity: Entity, prepared: PreparedRows) -> WriteResult:
+    def _apply(self, cur: StatementCursors, entity: Entity, prepared: PreparedRows) -> WriteResult:
         if not prepared.chunks:
             return WriteResult(0, prepared.received)
         table = self.table(entity)
