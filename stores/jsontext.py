@@ -15,6 +15,7 @@ cost more than the parse).
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -50,6 +51,32 @@ def dumps(value: Any, *, sort_keys: bool = False) -> str:
         return orjson.dumps(value, option=_SORTED if sort_keys else _STRICT).decode()
     except TypeError:  # orjson.JSONEncodeError: leave the answer to the standard library
         return (_compact_sorted if sort_keys else _compact)(value)
+
+
+_WITH_TIMES = orjson.OPT_PASSTHROUGH_SUBCLASS | orjson.OPT_NAIVE_UTC
+_compact_with_times = json.JSONEncoder(
+    separators=(",", ":"), ensure_ascii=False, default=lambda v: _iso_utc(v)
+).encode
+
+
+def dumps_with_times(value: Any) -> str:
+    """:func:`dumps`, but datetimes become ISO 8601 text with their UTC offset.
+
+    A naive datetime is UTC (the mapping's rule) and is written with ``+00:00``. The
+    fraction of a second is written when it is not zero, with six digits. For a SQL
+    batch whose server reads the offset (``timestamptz``): orjson writes a datetime in
+    C for a fraction of what ``datetime.isoformat`` costs in Python.
+    """
+    try:
+        return orjson.dumps(value, option=_WITH_TIMES).decode()
+    except TypeError:
+        return _compact_with_times(value)
+
+
+def _iso_utc(value: Any) -> str:
+    if not isinstance(value, datetime):
+        raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
+    return (value if value.tzinfo else value.replace(tzinfo=UTC)).isoformat()
 
 
 _allow_no_nan = json.JSONEncoder(allow_nan=False).encode

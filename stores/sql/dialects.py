@@ -137,13 +137,17 @@ class Dialect:
         """How a non-null value of ``kind`` travels in the JSON batch of :meth:`upsert`;
         None when it travels as it is.
 
-        Strings, numbers and booleans travel as they are; only timestamps and JSON
-        columns change form, so a batch builder can skip the call for the rest.
+        Strings, numbers and booleans travel as they are, and so do datetimes to
+        PostgreSQL: the batch is written with :func:`stores.jsontext.dumps_with_times`
+        (ISO 8601 with the offset, in C) and the server reads them as ``timestamptz``
+        at UTC. SQL Server and SQLite get naive UTC text with six fraction digits (the
+        form SQLite stores and compares, and the one ``DATETIME2`` reads for certain).
+        JSON columns travel as their stored text.
         """
         kind = str(kind)
         if kind == "json":
             return _json_text
-        if kind == "datetime":
+        if kind == "datetime" and self.name != "postgresql":
             sep = " " if self.name == "sqlite" else "T"
 
             def naive_utc_text(value: datetime) -> str:
@@ -210,8 +214,7 @@ class Dialect:
         if self.name == "postgresql":
             # jsonb: an array element by index is a direct lookup (json would re-parse).
             picks = ", ".join(
-                time_param if c == stamp else f"CAST(r->>{at[c]} AS {_PG_CASTS[str(k)]})"
-                for c, k in columns
+                time_param if c == stamp else _pg_pick(at[c], str(k)) for c, k in columns
             )
             source = f"SELECT {picks}\nFROM jsonb_array_elements(CAST(? AS jsonb)) AS r"
         else:  # SQLite: WHERE true resolves the parser's ON CONFLICT / join ambiguity
@@ -227,6 +230,12 @@ class Dialect:
             f"ON CONFLICT ({q(key)}) DO UPDATE SET {sets}\n"
             f"WHERE {cond}"
         )
+
+
+def _pg_pick(at: int, kind: str) -> str:
+    """A column's value from element ``at`` of a batch row (a jsonb array)."""
+    value = f"CAST(r->>{at} AS {_PG_CASTS[kind]})"
+    return f"({value} AT TIME ZONE 'UTC')" if kind == "datetime" else value
 
 
 def _naive_utc(value: datetime) -> datetime:
@@ -255,7 +264,7 @@ _PG_CASTS = {
     "int": "bigint",
     "float": "double precision",
     "bool": "boolean",
-    "datetime": "timestamp",
+    "datetime": "timestamptz",  # with its offset: read at UTC (see json_converter)
 }
 
 _SCALAR_TYPES: dict[str, dict[str, str]] = {

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import math
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
@@ -97,3 +97,22 @@ def test_what_the_standard_library_refuses_is_refused() -> None:
         jsontext.check({"a": [1.0, float("inf")]})
     with pytest.raises(ValueError):
         jsontext.loads(b'{"a": 1,}')
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    moment=st.datetimes(min_value=datetime(1, 1, 2), max_value=datetime(9999, 12, 30)),
+    zone=st.sampled_from([None, UTC, timezone(timedelta(hours=5, minutes=30)), timezone.min]),
+    big=st.booleans(),
+)
+def test_datetimes_in_a_batch_are_iso_8601_with_their_offset(
+    moment: datetime, zone: timezone | None, big: bool
+) -> None:
+    """Both paths (orjson, and the standard library when orjson refuses the batch: here
+    an integer beyond 64 bits) write what ``isoformat`` does, a naive time as UTC."""
+    value = moment.replace(tzinfo=zone)
+    batch = [[value, 2**70 if big else 1]]
+    text = jsontext.dumps_with_times(batch)
+    written = json.loads(text)[0][0]
+    assert written == (value if zone else value.replace(tzinfo=UTC)).isoformat()
+    assert datetime.fromisoformat(written) == value.replace(tzinfo=zone or UTC)
