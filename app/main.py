@@ -20,8 +20,9 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from cutover.redaction import redact
 from cutover.runtime import Runtime
-from cutover.settings import Settings, redact
+from cutover.settings import Settings
 from flags.evaluator import StageReader, StageSource
 from stores.mapping import MappingError
 from stores.rethink import RethinkUnavailable

@@ -25,8 +25,8 @@ from typing import Any
 
 from prometheus_client import Counter
 
+from cutover.clock import now_utc
 from cutover.config import Entity
-from cutover.events import now_utc
 from cutover.settings import Settings
 from flags.stages import Stage
 from flags.tables import MISMATCHES

@@ -8,6 +8,21 @@
   (:func:`backfill.ledger.client_status`).
 """
 
-from .ledger import LedgerEntry, client_status, entries
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .ledger import LedgerEntry, client_status, entries
 
 __all__ = ["LedgerEntry", "client_status", "entries"]
+
+
+def __getattr__(name: str) -> Any:
+    """The ledger's API, imported when first used: the backfill's reader process
+    imports this package and needs none of it."""
+    if name in __all__:
+        from . import ledger
+
+        return getattr(ledger, name)
+    raise AttributeError(f"module 'backfill' has no attribute {name!r}")

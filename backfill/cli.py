@@ -18,7 +18,7 @@ from typing import Any
 
 import click
 
-from cutover.events import now_utc
+from cutover.clock import now_utc
 from cutover.runtime import Runtime
 
 from . import control, ledger
@@ -400,7 +400,7 @@ class _Standalone(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         from cutover.config import ConfigError
         from cutover.events import EventError
-        from cutover.settings import redact
+        from cutover.redaction import redact
         from stores.mapping import MappingError
         from stores.rethink import RethinkUnavailable
         from stores.sql import StoreUnavailable

@@ -27,8 +27,8 @@ from typing import Any, TypeVar
 
 import pyodbc
 
+from cutover.clock import now_utc
 from cutover.config import Entity
-from cutover.events import now_utc
 from stores.rethink import RethinkUnavailable
 from stores.sql import SqlStore, StoreUnavailable, bookkeeping
 

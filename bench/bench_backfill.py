@@ -115,7 +115,7 @@ def native_bulk_write(
 
 def mapped_rows(store: SqlStore, entity: Entity, path: Path) -> list[tuple[Any, ...]]:
     """The rows the backfill writes, bound as the store binds them (outside any timing)."""
-    from cutover.events import now_utc
+    from cutover.clock import now_utc
 
     to_db = store.dialect.to_db
     table = store.table(entity)

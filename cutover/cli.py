@@ -21,8 +21,8 @@ from stores.sql.schema import create_table_sql, entity_table
 
 from .config import ConfigError
 from .events import EventError, event_schema, parse_event
+from .redaction import redact
 from .runtime import Runtime
-from .settings import redact
 
 KNOWN_ERRORS = (ConfigError, StoreUnavailable, RethinkUnavailable, EventError, MappingError)
 

@@ -97,7 +97,3 @@ def event_schema() -> dict[str, Any]:
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     schema["title"] = "cutover entity change event"
     return schema
-
-
-def now_utc() -> datetime:
-    return datetime.now(UTC)

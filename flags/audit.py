@@ -16,7 +16,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from cutover.events import now_utc
+from cutover.clock import now_utc
 from stores.mapping import parse_datetime
 from stores.sql import SqlStore, StoreUnavailable
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from cutover.settings import redact
+from cutover.redaction import redact
 
 from .gate import GateRefused
 from .stages import ClientIdError, FlagError, Stage

@@ -15,7 +15,7 @@ import socket
 from dataclasses import dataclass
 from datetime import datetime
 
-from cutover.events import now_utc
+from cutover.clock import now_utc
 from cutover.runtime import Runtime
 from stores.sql import StoreUnavailable
 

@@ -22,7 +22,8 @@ from urllib.parse import quote
 
 import httpx
 
-from cutover.settings import Settings, redact
+from cutover.redaction import redact
+from cutover.settings import Settings
 
 from .stages import (
     CONTEXT_FIELD,

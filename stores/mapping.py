@@ -15,12 +15,14 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from types import MappingProxyType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cutover.config import Column, ColumnType, Entity
-from cutover.events import Event
 
 from . import jsontext
+
+if TYPE_CHECKING:  # the event model is pydantic: not needed to map documents
+    from cutover.events import Event
 
 
 class MappingError(ValueError):

@@ -16,16 +16,18 @@ import os
 import queue
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rethinkdb import RethinkDB
 from rethinkdb.errors import ReqlDriverError, ReqlError, ReqlOpFailedError
 
 from cutover.config import Config, Entity
-from cutover.settings import Settings
 
 from .mapping import Row, document_from_row
 from .sql.store import WriteResult, newest
+
+if TYPE_CHECKING:
+    from cutover.settings import Settings
 
 r = RethinkDB()
 

@@ -13,8 +13,8 @@ import click
 from rich.console import Console
 from rich.table import Table
 
+from cutover.redaction import redact
 from cutover.runtime import Runtime
-from cutover.settings import redact
 
 _ACTOR = click.option("--actor", help="Who to record in the audit log (default: the OS user).")
 

@@ -19,8 +19,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 
+from cutover.clock import now_utc
 from cutover.config import ConfigError, Subscription
-from cutover.events import EventError, now_utc
+from cutover.events import EventError
 from cutover.runtime import Runtime
 from stores.mapping import MappingError
 from stores.sql import SqlStore, StatementCursors, bookkeeping

@@ -22,8 +22,8 @@ from typing import Protocol
 import pyodbc
 
 from cutover.events import Event, EventError
+from cutover.redaction import redact
 from cutover.runtime import Runtime
-from cutover.settings import redact
 from cutover.tables import all_tables
 from stores.mapping import MappingError, Row
 from stores.sql import WriteResult

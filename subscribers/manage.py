@@ -26,8 +26,9 @@ from google.protobuf import duration_pb2
 
 from cutover import pubsub
 from cutover.config import ConfigError, Entity, Subscription
+from cutover.redaction import redact
 from cutover.runtime import Runtime
-from cutover.settings import Settings, redact
+from cutover.settings import Settings
 from stores.sql import StoreUnavailable
 
 from . import audit, counters

@@ -33,9 +33,9 @@ from google.cloud.pubsub_v1.subscriber.scheduler import Scheduler
 from prometheus_client import CollectorRegistry
 
 from cutover import pubsub
-from cutover.events import now_utc
+from cutover.clock import now_utc
+from cutover.redaction import redact
 from cutover.runtime import Runtime
-from cutover.settings import redact
 
 from .handler import BatchHandler
 from .metrics import WorkerMetrics

@@ -18,7 +18,7 @@ from typing import Any
 
 from backfill import control, ledger
 from backfill.partitions import PENDING, Partition, Run, partitions_of, runs_for
-from cutover.events import now_utc
+from cutover.clock import now_utc
 from cutover.runtime import Runtime
 
 #: Recent rates are measured over at most this many seconds of observations.

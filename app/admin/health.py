@@ -19,9 +19,10 @@ import httpx
 from prometheus_client import Gauge
 from rethinkdb import r
 
+from cutover.clock import now_utc
 from cutover.config import Config
-from cutover.events import now_utc
-from cutover.settings import Settings, redact
+from cutover.redaction import redact
+from cutover.settings import Settings
 from stores.rethink import RethinkStore
 from stores.sql import SqlStore
 

@@ -15,9 +15,9 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from backfill.ledger import LedgerEntry
-from cutover.events import now_utc
+from cutover.clock import now_utc
+from cutover.redaction import redact
 from cutover.runtime import Runtime
-from cutover.settings import redact
 
 from . import audit, backfill, shadow, stages, subscriptions, verification
 

@@ -18,7 +18,7 @@ from typing import Any
 from prometheus_client import REGISTRY
 
 from app.shadow import MismatchRecorder
-from cutover.events import now_utc
+from cutover.clock import now_utc
 from cutover.runtime import Runtime
 from flags.tables import MISMATCHES
 from stores.sql import SqlStore

@@ -26,9 +26,9 @@ from typing import Any
 
 import pyodbc
 
-from cutover.events import now_utc
+from cutover.clock import now_utc
+from cutover.redaction import redact
 from cutover.runtime import Runtime
-from cutover.settings import redact
 from stores.sql import SqlStore, StoreUnavailable
 from subscribers import counters, failures
 from subscribers.tables import FAILURES, TABLES

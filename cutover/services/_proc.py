@@ -18,8 +18,8 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 
+from cutover.redaction import redact
 from cutover.services._model import HOST, Record, ServiceError, ServiceInfo
-from cutover.settings import redact
 
 #: Popen objects of servers this process started, so it can reap them properly.
 _children: dict[int, subprocess.Popen[bytes]] = {}

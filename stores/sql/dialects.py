@@ -12,11 +12,13 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cutover.config import IDENTIFIER, ColumnType
-from cutover.settings import Dialect as DialectName
 from stores import jsontext
+
+if TYPE_CHECKING:  # settings import pydantic-settings: not needed to build SQL
+    from cutover.settings import Dialect as DialectName
 
 #: Types of the project's own bookkeeping tables (checkpoints, ledger, audit, ...).
 InternalType = str  # "key" | "text" | "int" | "float" | "bool" | "datetime"

@@ -15,8 +15,8 @@ import json
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from cutover.clock import now_utc
 from cutover.config import SYSTEM_COLUMNS, Entity
-from cutover.events import now_utc
 
 from ._cursors import StatementCursors
 from .dialects import Dialect

@@ -15,18 +15,22 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyodbc
 
+from cutover.clock import now_utc
 from cutover.config import Config, Entity
-from cutover.events import now_utc
-from cutover.settings import Settings, redact
+from cutover.redaction import redact
 
 from .. import jsontext
 from ..mapping import Row
 from ._cursors import StatementCursors
 from .dialects import Dialect, get_dialect
+
+if TYPE_CHECKING:
+    from cutover.settings import Settings
+
 from .schema import (
     DELETED,
     UPDATED_AT,

@@ -28,8 +28,9 @@ from backfill.runner import Backfill, Options
 from backfill.sources import RethinkSource
 from backfill.verify import Verifier
 from cutover import services
+from cutover.clock import now_utc
 from cutover.config import Config
-from cutover.events import Event, now_utc
+from cutover.events import Event
 from cutover.runtime import Runtime
 from cutover.settings import Settings
 from cutover.synthetic import client_ids, generate_history, reference
@@ -337,7 +338,7 @@ def test_run_progress_rate_and_eta_from_partition_counts() -> None:
 
     from app.admin.backfill import RateTracker, run_progress
     from backfill.partitions import Partition, Run
-    from cutover.events import now_utc
+    from cutover.clock import now_utc
 
     now = now_utc()
     start = now - timedelta(seconds=10)

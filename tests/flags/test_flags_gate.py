@@ -181,7 +181,7 @@ def test_gate_reads_the_backfill_ledger(file_runtime: Runtime, orders: str, seed
     """Ledger rows written the way the backfill writes them: a clean, recent, full
     verification opens the gate; a dirty or stale one closes it again, naming why."""
     ledger = pytest.importorskip("backfill.ledger")
-    from cutover.events import now_utc
+    from cutover.clock import now_utc
 
     seed_both(file_runtime, orders, clients=1)
     store, d = file_runtime.sql, file_runtime.sql.dialect

@@ -25,8 +25,8 @@ from app.admin.auth import AdminDep, require_admin
 from app.admin.health import check_dependencies
 from app.api.deps import ServicesDep
 from cutover.config import ConfigError
+from cutover.redaction import redact
 from cutover.runtime import Runtime
-from cutover.settings import redact
 from flags.gate import GateRefused
 from flags.stages import ClientIdError, FlagError
 
