@@ -97,9 +97,8 @@ def line_decoder(entity: Entity) -> LineDecoder | None:
             return None
         if deleted:
             return Row(key, client, version, True, tombstone_values(entity))
-        values = dict(zip(names, columns, strict=True))
-        for name, fix in convert:
-            value = values[name]
+        for at, fix in convert:
+            value = columns[at]
             if value is not None:
                 try:
                     value = fix(value)
@@ -107,8 +106,8 @@ def line_decoder(entity: Entity) -> LineDecoder | None:
                     return None
                 if value is _UNSURE:
                     return None
-                values[name] = value
-        return Row(key, client, version, False, values)
+                columns[at] = value
+        return Row(key, client, version, False, dict(zip(names, columns, strict=True)))
 
     return decode_line
 
@@ -116,14 +115,15 @@ def line_decoder(entity: Entity) -> LineDecoder | None:
 _UNSURE = object()
 
 
-def _conversions(columns: tuple[Column, ...]) -> list[tuple[str, Callable[[Any], Any]]]:
-    """Per column, what the struct's value still needs to become the mapping's value."""
-    out: list[tuple[str, Callable[[Any], Any]]] = []
-    for column in columns:
+def _conversions(columns: tuple[Column, ...]) -> list[tuple[int, Callable[[Any], Any]]]:
+    """Per column (by position), what the struct's value still needs to become the
+    mapping's value."""
+    out: list[tuple[int, Callable[[Any], Any]]] = []
+    for at, column in enumerate(columns):
         if column.type is ColumnType.DATETIME:
-            out.append((column.name, _datetime))
+            out.append((at, _datetime))
         elif column.type is ColumnType.JSON:
-            out.append((column.name, _json_value))
+            out.append((at, _json_value))
     return out
 
 
