@@ -52,7 +52,7 @@ from stores.sql.schema import entity_table
 
 ROOT = Path(__file__).resolve().parent.parent
 #: Alternating rounds of the backfill and its native baseline (best of each counts).
-ROUNDS = 3
+ROUNDS = 5
 RESULTS = ROOT / "bench-results"
 
 
@@ -229,7 +229,9 @@ def run(n: int, big: int, pg: services.ServiceInfo, work: Path) -> int:
     # 1 + 2. the native baseline (same rows, same server, COPY + set-based upsert) and
     # the backfill (in process, unthrottled, CLI defaults otherwise), alternated ROUNDS
     # times into fresh databases; each side's best round counts. Two cores shared with
-    # the server make single runs vary by +-15%; alternating exposes both to the same.
+    # the server make single runs vary by +-15%, and these machines' speed drifts by up
+    # to 30% from one minute to the next: alternating exposes both sides to the same,
+    # and five rounds give each a fair chance at a calm minute.
     native_runs: list[float] = []
     backfill_runs: list[float] = []
     rows_mapped: list[tuple[Any, ...]] | None = None
