@@ -27,10 +27,6 @@ from .. import jsontext
 from ..mapping import Row
 from ._cursors import StatementCursors
 from .dialects import Dialect, get_dialect
-
-if TYPE_CHECKING:
-    from cutover.settings import Settings
-
 from .schema import (
     DELETED,
     UPDATED_AT,
@@ -39,6 +35,9 @@ from .schema import (
     entity_table,
     entity_value_columns,
 )
+
+if TYPE_CHECKING:
+    from cutover.settings import Settings
 
 
 class StoreUnavailable(RuntimeError):
