@@ -35,14 +35,16 @@ from contextlib import suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from cutover.config import Entity
 from stores import jsontext
 from stores.mapping import Row
-from stores.rethink import RethinkStore, r
 
 from .line_decoder import LineDecoder, line_decoder
+
+if TYPE_CHECKING:  # the driver is imported where it is used: an export needs none of it
+    from stores.rethink import RethinkStore
 
 
 class SourceError(RuntimeError):
@@ -194,6 +196,8 @@ class RethinkSource:
         return sorted(c for c in self.store.count_per_client(entity) if isinstance(c, str) and c)
 
     def sample_keys(self, entity: Entity, client: str, n: int, seed: int) -> list[Any]:
+        from stores.rethink import r
+
         query = (
             self.store.table(entity)
             .between([client, r.minval], [client, r.maxval], index=entity.client_index)
@@ -252,6 +256,8 @@ class _RethinkReader:
 
     def _sweep_page(self, limit: int) -> list[Any]:
         """Documents whose client field is missing or not a string, by primary key."""
+        from stores.rethink import r
+
         e = self.entity
         table = self.store.table(e)
         lower = r.minval if self.after is None else self.after

@@ -46,7 +46,10 @@ Identifier = Annotated[str, Field(min_length=1)]
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # defer_build: a model's validator is built when it first validates, not at import.
+    # The backfill's reader process only unpickles validated config and never
+    # validates, so it skips that work (about 30 ms of its start, measured here).
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
 
 
 class Column(_Strict):
