@@ -19,6 +19,7 @@ statement runs elsewhere, as executing on the same cursor always did.
 from __future__ import annotations
 
 from collections import OrderedDict
+from contextlib import suppress
 from typing import Any
 
 import pyodbc
@@ -51,7 +52,10 @@ class StatementCursors:
         else:
             cursor, sql = self._writer(sql)
             if self._reads_open:
-                self._reads.nextset()  # discard its unfetched rows (SQLMoreResults)
+                # Discard the rows a read left unfetched (SQLMoreResults). When it had
+                # fetched them all, a driver may call this out of sequence: harmless.
+                with suppress(pyodbc.Error):
+                    self._reads.nextset()
                 self._reads_open = False
         self._last = cursor
         return cursor.execute(sql, *params)
