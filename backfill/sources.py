@@ -472,7 +472,7 @@ def _line_is_document(line: bytes) -> bool:
     if text in (b"", b"[", b"]"):
         return True
     try:
-        return isinstance(json.loads(text), dict)
+        return isinstance(jsontext.loads(text), dict)
     except ValueError:
         return False
 
