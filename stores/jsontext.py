@@ -53,9 +53,15 @@ def dumps(value: Any, *, sort_keys: bool = False) -> str:
         return (_compact_sorted if sort_keys else _compact)(value)
 
 
+def _iso_utc(value: Any) -> str:
+    if not isinstance(value, datetime):
+        raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
+    return (value if value.tzinfo else value.replace(tzinfo=UTC)).isoformat()
+
+
 _WITH_TIMES = orjson.OPT_PASSTHROUGH_SUBCLASS | orjson.OPT_NAIVE_UTC
 _compact_with_times = json.JSONEncoder(
-    separators=(",", ":"), ensure_ascii=False, default=lambda v: _iso_utc(v)
+    separators=(",", ":"), ensure_ascii=False, default=_iso_utc
 ).encode
 
 
@@ -71,12 +77,6 @@ def dumps_with_times(value: Any) -> str:
         return orjson.dumps(value, option=_WITH_TIMES).decode()
     except TypeError:
         return _compact_with_times(value)
-
-
-def _iso_utc(value: Any) -> str:
-    if not isinstance(value, datetime):
-        raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
-    return (value if value.tzinfo else value.replace(tzinfo=UTC)).isoformat()
 
 
 _allow_no_nan = json.JSONEncoder(allow_nan=False).encode
