@@ -59,12 +59,9 @@ def test_stream_reads_every_layout_completely(tmp_path: Path, tiny_chunks: None)
         assert [d for d, _ in DocStream(path)] == docs, path.name
 
 
-def test_offsets_are_bytes_and_resume_anywhere(tmp_path: Path, tiny_chunks: None) -> None:
-    docs = _docs(120)
-    path = _write(
-        tmp_path / "a.json",
-        "[\n" + ",\n".join(json.dumps(d, ensure_ascii=False) for d in docs) + "\n]\n",
-    )
+def _read_with_positions(path: Path) -> tuple[list[Any], list[int]]:
+    """Every document, and the resume position after each; each start offset must
+    point at its document's opening brace."""
     raw = path.read_bytes()
     stream = DocStream(path)
     seen, positions = [], []
@@ -72,6 +69,16 @@ def test_offsets_are_bytes_and_resume_anywhere(tmp_path: Path, tiny_chunks: None
         assert raw[start : start + 1] == b"{"
         seen.append(doc)
         positions.append(stream.position)
+    return seen, positions
+
+
+def test_offsets_are_bytes_and_resume_anywhere(tmp_path: Path, tiny_chunks: None) -> None:
+    docs = _docs(120)
+    path = _write(
+        tmp_path / "a.json",
+        "[\n" + ",\n".join(json.dumps(d, ensure_ascii=False) for d in docs) + "\n]\n",
+    )
+    seen, positions = _read_with_positions(path)
     assert seen == docs
     for i in (0, 1, 59, 118, 119):  # resuming after document i gives exactly the rest
         assert [d for d, _ in DocStream(path, positions[i])] == docs[i + 1 :]
@@ -113,13 +120,7 @@ def test_line_layout_hands_over_to_the_stream_where_it_stops(
     lines.append(json.dumps(docs[20], indent=2))
     lines += [json.dumps(d) for d in docs[21:]]
     path = _write(tmp_path / "a.json", "[\n" + ",\n".join(lines) + "\n]\n")
-    raw = path.read_bytes()
-    stream = DocStream(path)
-    seen, positions = [], []
-    for doc, start in stream:
-        assert raw[start : start + 1] == b"{"
-        seen.append(doc)
-        positions.append(stream.position)
+    seen, positions = _read_with_positions(path)
     assert seen == docs
     for i in (5, 19, 20, 21, 38):
         assert [d for d, _ in DocStream(path, positions[i])] == docs[i + 1 :]
