@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from functools import cached_property
+from operator import itemgetter
 from typing import TYPE_CHECKING, Any
 
 import pyodbc
@@ -92,6 +93,7 @@ class PreparedRows:
     chunks: tuple[str, ...]  # one upsert statement's batch parameter each
     received: int  # rows given, duplicates included (those count as stale)
     written_at: Any  # the write time, bound as it is (``_updated_at`` of every row)
+    key_range: tuple[str, str] | None = None  # the lowest and highest key, if any rows
 
 
 @dataclass(frozen=True)
@@ -110,22 +112,49 @@ class RowEncoder:
 
     def prepare(self, rows: Sequence[Row]) -> PreparedRows:
         """Newest row per key, in key order, as JSON chunks, to be stamped written now."""
+        names = self._layout[0]
+        return self.prepare_values(
+            [[r.key, r.client_id, r.version, r.deleted, *map(r.values.get, names)] for r in rows]
+        )
+
+    def prepare_values(self, rows: Sequence[list[Any]]) -> PreparedRows:
+        """:meth:`prepare` of rows given as lists: key, client id, version, deleted, then
+        the mapped values of :attr:`value_columns`, in that order (the backfill's export
+        reader decodes whole batches straight into such lists). The lists are reused."""
+        best: dict[str, list[Any]] = {}
+        for values in rows:  # the newest per key: highest (version, deleted)
+            held = best.get(values[0])
+            if held is None or (values[2], values[3]) > (held[2], held[3]):
+                best[values[0]] = values
         # Key order: every writer locks rows in the same order, so a backfill batch and
         # a subscription batch touching the same keys cannot deadlock each other.
-        unique = sorted(newest(rows), key=lambda row: row.key)
+        unique = sorted(best.values(), key=itemgetter(0))
+        converted = self._layout[1]
+        for values in unique:
+            for at, convert in converted:
+                value = values[at]
+                if value is not None:
+                    values[at] = convert(value)
         step = self.dialect.max_rows
         chunks = tuple(
-            self.batch_json(unique[start : start + step]) for start in range(0, len(unique), step)
+            jsontext.dumps_with_times(unique[start : start + step])
+            for start in range(0, len(unique), step)
         )
         written_at = self.dialect.to_db("datetime", now_utc())
-        return PreparedRows(self.entity.name, chunks, len(rows), written_at)
+        key_range = (unique[0][0], unique[-1][0]) if unique else None
+        return PreparedRows(self.entity.name, chunks, len(rows), written_at, key_range)
+
+    @property
+    def value_columns(self) -> tuple[str, ...]:
+        """The mapped columns, in the order :meth:`prepare_values` takes their values."""
+        return self._layout[0]
 
     @cached_property
     def _layout(self) -> tuple[tuple[str, ...], tuple[tuple[int, Callable[[Any], Any]], ...]]:
         """The mapped columns in table order, and (position, conversion) where one applies.
 
-        :meth:`batch_json` writes four of the columns every entity table starts with
-        first (``_updated_at`` is a parameter of its own); this checks the table really
+        :meth:`prepare_values` writes four of the columns every entity table starts
+        with first (``_updated_at`` is a parameter of its own); this checks the table really
         does start with them, rather than trusting it.
         """
         e = self.entity
@@ -135,28 +164,14 @@ class RowEncoder:
         if tuple(c.name for c in self.table.columns[: len(fixed)]) != fixed:
             raise ValueError(f"table {self.table.name!r} does not start with {fixed}")
         columns = entity_value_columns(e, self.table)
+        if tuple(c.name for c in columns) != tuple(c.name for c in e.columns):
+            raise ValueError(f"table {self.table.name!r}: columns not in the entity's order")
         converted = []
         for at, column in enumerate(columns, start=len(fixed)):  # after the fixed four
             convert = self.dialect.json_converter(column.kind)
             if convert is not None:
                 converted.append((at, convert))
         return tuple(c.name for c in columns), tuple(converted)
-
-    def batch_json(self, rows: Sequence[Row]) -> str:
-        """The batch parameter of the upsert: one array per row, in the table's column
-        order without ``_updated_at``."""
-        names, converted = self._layout
-        arrays = []
-        for row in rows:
-            get = row.values.get
-            values = [row.key, row.client_id, row.version, row.deleted]
-            values += [get(name) for name in names]
-            for at, convert in converted:
-                value = values[at]
-                if value is not None:
-                    values[at] = convert(value)
-            arrays.append(values)
-        return jsontext.dumps_with_times(arrays)
 
 
 def newest(rows: Iterable[Row]) -> list[Row]:
