@@ -25,10 +25,12 @@ import msgspec
 from msgspec.structs import astuple
 
 from cutover.config import Column, ColumnType, Entity
-from stores.mapping import Row, parse_datetime, tombstone_values
+from stores.mapping import Row, parse_datetime
 
 #: Decodes one document's JSON text; None means "use the reference path".
 LineDecoder = Callable[[bytes], Row | None]
+#: Decodes a JSON array of documents into values lists; None: "one by one, please".
+BlockDecoder = Callable[[bytes], list[list[Any]] | None]
 
 _I64 = msgspec.Meta(ge=-(2**63), le=2**63 - 1)
 _NON_EMPTY = msgspec.Meta(min_length=1)
@@ -60,11 +62,10 @@ def _column_type(column: Column) -> Any:
     return t | None if column.nullable else t
 
 
-def line_decoder(entity: Entity) -> LineDecoder | None:
-    """The entity's fast path, or None when its fields cannot be declared to msgspec.
-
-    (Two columns reading the same source field, say: the reference path handles that.)
-    """
+def _document_struct(entity: Entity) -> type[msgspec.Struct] | None:
+    """The entity's documents as a msgspec struct, fields in the order of the values
+    lists: key, client, version, deleted marker, then the entity's columns. None when
+    its fields cannot be declared to msgspec (two columns reading one field, say)."""
     fixed = [entity.key, entity.client, entity.version, entity.deleted_marker]
     sources = [*fixed, *(c.field for c in entity.columns)]
     if len(set(sources)) != len(sources):
@@ -85,20 +86,22 @@ def line_decoder(entity: Entity) -> LineDecoder | None:
             fields.append((name, _column_type(column)))
     struct = msgspec.defstruct(f"{entity.name}_document", fields, rename=rename, kw_only=True)
     if struct.__struct_fields__[4:] != tuple(f"c{i}" for i in range(len(entity.columns))):
-        return None  # field order is what astuple() below relies on
-    decode = msgspec.json.Decoder(struct).decode
-    convert = _conversions(entity.columns)
-    names = tuple(c.name for c in entity.columns)
+        return None  # field order is what astuple() relies on
+    return struct
 
-    def decode_line(text: bytes) -> Row | None:
-        try:
-            key, client, version, deleted, *columns = astuple(decode(text))
-        except (msgspec.DecodeError, UnicodeDecodeError):
-            return None
-        if deleted:
-            return Row(key, client, version, True, tombstone_values(entity))
+
+def _finisher(entity: Entity) -> Callable[[list[Any]], list[Any] | None]:
+    """What a decoded document's values still need to be the mapping's values: a
+    tombstone's columns emptied, datetimes parsed, TIME objects in JSON declined."""
+    convert = [(4 + at, fix) for at, fix in _conversions(entity.columns)]
+    empty = [None] * len(entity.columns)
+
+    def finish(values: list[Any]) -> list[Any] | None:
+        if values[3]:
+            return [*values[:3], True, *empty]
+        values[3] = False
         for at, fix in convert:
-            value = columns[at]
+            value = values[at]
             if value is not None:
                 try:
                     value = fix(value)
@@ -106,10 +109,64 @@ def line_decoder(entity: Entity) -> LineDecoder | None:
                     return None
                 if value is _UNSURE:
                     return None
-                columns[at] = value
-        return Row(key, client, version, False, dict(zip(names, columns, strict=True)))
+                values[at] = value
+        return values
+
+    return finish
+
+
+def line_decoder(entity: Entity) -> LineDecoder | None:
+    """The entity's fast path for one line, or None when it has none."""
+    struct = _document_struct(entity)
+    if struct is None:
+        return None
+    decode = msgspec.json.Decoder(struct).decode
+    finish = _finisher(entity)
+    names = tuple(c.name for c in entity.columns)
+
+    def decode_line(text: bytes) -> Row | None:
+        try:
+            values = finish(list(astuple(decode(text))))
+        except (msgspec.DecodeError, UnicodeDecodeError):
+            return None
+        if values is None:
+            return None
+        key, client, version, deleted, *columns = values
+        return Row(key, client, version, deleted, dict(zip(names, columns, strict=True)))
 
     return decode_line
+
+
+def block_decoder(entity: Entity) -> BlockDecoder | None:
+    """The entity's fast path for many lines at once, or None when it has none.
+
+    Given the text of a JSON array of documents, it returns each one's values (key,
+    client id, version, deleted, then the entity's columns in order: what
+    :meth:`~stores.sql.store.RowEncoder.prepare_values` takes), with one decoder call
+    and no row objects: about half the reader's CPU time per document. All or nothing:
+    None as soon as one document is not certain, and the caller reads the block again
+    document by document.
+    """
+    struct = _document_struct(entity)
+    if struct is None:
+        return None
+    decode = msgspec.json.Decoder(list[struct]).decode  # type: ignore[valid-type]
+    finish = _finisher(entity)
+
+    def decode_block(text: bytes) -> list[list[Any]] | None:
+        try:
+            documents = decode(text)
+        except (msgspec.DecodeError, UnicodeDecodeError):
+            return None
+        out = []
+        for document in documents:
+            values = finish(list(astuple(document)))
+            if values is None:
+                return None
+            out.append(values)
+        return out
+
+    return decode_block
 
 
 _UNSURE = object()

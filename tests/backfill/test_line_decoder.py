@@ -17,7 +17,7 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from backfill.line_decoder import line_decoder
+from backfill.line_decoder import block_decoder, line_decoder
 from backfill.sources import native
 from cutover.config import Column, ColumnType, Config, Entity
 from stores import jsontext
@@ -47,6 +47,7 @@ def _entity() -> Entity:
 
 THINGS = _entity()
 DECODE = line_decoder(THINGS)
+DECODE_BLOCK = block_decoder(THINGS)
 
 
 def reference(entity: Entity, text: bytes) -> Row | str:
@@ -147,6 +148,27 @@ def test_the_fast_path_maps_exactly_as_the_reference_or_declines(
     fast = DECODE(text) if DECODE is not None else None
     if fast is not None:
         assert fast == reference(THINGS, text), text
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(docs=st.lists(documents(), min_size=1, max_size=6), ascii_only=st.booleans())
+def test_a_block_maps_exactly_as_its_lines_or_not_at_all(
+    docs: list[dict[str, Any]], ascii_only: bool
+) -> None:
+    """The block decoder is the line decoder over many documents at once: the same
+    values when every line is certain, and nothing as soon as one is not."""
+    assert DECODE is not None and DECODE_BLOCK is not None
+    lines = [json.dumps(doc, ensure_ascii=ascii_only).encode() for doc in docs]
+    rows = [DECODE(line) for line in lines]
+    block = DECODE_BLOCK(b"[" + b",\n".join(lines) + b"]")
+    if any(row is None for row in rows):
+        assert block is None
+    else:
+        assert block == [
+            [r.key, r.client_id, r.version, r.deleted, *r.values.values()]
+            for r in rows
+            if r is not None
+        ]
 
 
 @pytest.mark.parametrize(
