@@ -23,6 +23,7 @@ import socket
 import subprocess
 import sys
 import threading
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
@@ -65,6 +66,18 @@ class ReadyBatch:
 def make_ready(reader: Reader, encoder: RowEncoder, limit: int) -> ReadyBatch:
     """Read the next batch from ``reader`` and prepare it for :meth:`SqlStore.apply`."""
     batch = reader.next_batch(limit)
+    if batch.values is not None:  # mapped already, a block at a time
+        values = batch.values
+        return ReadyBatch(
+            batch.position,
+            batch.exhausted,
+            len(values),
+            batch.skipped,
+            encoder.prepare_values(values),
+            [],
+            dict(Counter(v[1] for v in values)),
+            values[-1][0] if values else None,
+        )
     rows, bad, counts, last_key = map_documents(encoder.entity, batch.docs, batch.locate)
     return ReadyBatch(
         batch.position,

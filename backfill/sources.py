@@ -41,7 +41,7 @@ from cutover.config import Entity
 from stores import jsontext
 from stores.mapping import Row
 
-from .line_decoder import LineDecoder, line_decoder
+from .line_decoder import LineDecoder, block_decoder, line_decoder
 
 if TYPE_CHECKING:  # the driver is imported where it is used: an export needs none of it
     from stores.rethink import RethinkStore
@@ -72,6 +72,9 @@ class Batch:
     locate: Callable[[int], str] = field(default=lambda i: f"#{i}")
     #: Documents read but skipped because their client is not selected.
     skipped: int = 0
+    #: Instead of ``docs``: every document already mapped, as the values lists of
+    #: :func:`~backfill.line_decoder.block_decoder` (an export read a block at a time).
+    values: list[list[Any]] | None = None
 
 
 class Reader(Protocol):
@@ -335,7 +338,7 @@ class DocStream:
         self._decoder = json.JSONDecoder()
         self._decode_row = decode_row
 
-    def __iter__(self) -> Iterator[tuple[Any, int]]:
+    def __iter__(self) -> Generator[tuple[Any, int], None, None]:
         resume = yield from self._lines()
         if resume is not None:
             yield from self._stream(resume)
@@ -624,46 +627,97 @@ class ExportSource:
 
 
 class _ExportReader:
+    """One byte range of an export file, a batch at a time.
+
+    A batch of whole-document lines is decoded in one go (``block_decoder``). The
+    first batch of a file, a batch for selected clients only, and any batch the block
+    decoder is not certain of are read document by document with :class:`DocStream`,
+    from the same position, as the reference path reads them.
+    """
+
     def __init__(
         self, entity: Entity, path: Path, start: int, end: int, clients: frozenset[str] | None
     ) -> None:
         self.entity, self.path, self.end, self.clients = entity, path, end, clients
-        self.stream = DocStream(path, start, end, decode_row=line_decoder(entity))
-        self.iterator = iter(self.stream)
+        self.position = start
         self.done = start >= end
+        self._decode_row = line_decoder(entity)
+        self._decode_block = block_decoder(entity) if clients is None else None
+        self._file = open(path, "rb") if self._decode_block is not None else None  # noqa: SIM115
 
     def next_batch(self, limit: int) -> Batch:
+        if not self.done and self.position > 0:
+            batch = self._block(limit)
+            if batch is not None:
+                return batch
+        return self._documents(limit)
+
+    def _block(self, limit: int) -> Batch | None:
+        """The next ``limit`` lines decoded at once, or None to read them one by one."""
+        if self._file is None or self._decode_block is None:
+            return None
+        fh = self._file
+        fh.seek(self.position)
+        lines: list[bytes] = []
+        at, ended = self.position, False
+        while len(lines) < limit:
+            if at >= self.end:
+                ended = True  # the next line belongs to the next range
+                break
+            line = fh.readline(_LINE_LIMIT)
+            if not line.startswith(b"{"):
+                if line.strip() in (b"]", b""):
+                    ended = not line or line.strip() == b"]"
+                    if ended:
+                        break
+                return None  # blank or odd lines: the document path decides
+            if not line.endswith(b"\n") and len(line) == _LINE_LIMIT:
+                return None
+            lines.append(line)
+            at += len(line)
+        values = self._decode_block(b"[" + b"".join(lines).rstrip().rstrip(b",") + b"]")
+        if values is None or len(values) != len(lines):
+            return None
+        self.position, self.done = at, ended
+        return Batch([], str(at), exhausted=ended, values=values)
+
+    def _documents(self, limit: int) -> Batch:
         docs: list[Any] = []
         starts: list[int] = []
         skipped = 0
         cl = self.entity.client
         selected = self.clients
         if not self.done:
-            for doc, begin in self.iterator:
-                if selected is not None and _client_of(doc, cl) not in selected:
-                    skipped += 1
-                    if skipped >= limit * 10:
-                        break  # report progress (and let pause work) on long filtered runs
-                    continue
-                docs.append(doc)
-                starts.append(begin)
-                if len(docs) >= limit:
-                    break
-            else:
-                self.done = True
+            stream = DocStream(self.path, self.position, self.end, decode_row=self._decode_row)
+            iterator = iter(stream)
+            try:
+                for doc, begin in iterator:
+                    if selected is not None and _client_of(doc, cl) not in selected:
+                        skipped += 1
+                        if skipped >= limit * 10:
+                            break  # report progress (and let pause work) on long filtered runs
+                        continue
+                    docs.append(doc)
+                    starts.append(begin)
+                    if len(docs) >= limit:
+                        break
+                else:
+                    self.done = True
+            finally:
+                iterator.close()
+            self.position = stream.position
         name = self.path.name
         return Batch(
             docs,
-            str(self.stream.position),
+            str(self.position),
             exhausted=self.done,
             locate=lambda i: f"{name}@{starts[i]}",
             skipped=skipped,
         )
 
     def close(self) -> None:
-        close = getattr(self.iterator, "close", None)
-        if close is not None:
-            close()
+        if self._file is not None:
+            self._file.close()
 
 
 def _client_of(doc: Any, field: str) -> Any:

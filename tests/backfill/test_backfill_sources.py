@@ -192,3 +192,79 @@ def test_live_plan_is_per_client_with_a_sweep_for_clientless_documents(
     reader = source.open(orders, {"kind": "sweep"}, None, None)
     batch = reader.next_batch(10)
     assert [d["id"] for d in batch.docs] == ["odd"] and batch.exhausted
+
+
+def _ready_batches(source: ExportSource, entity: Entity, limit: int) -> list[tuple[Any, ...]]:
+    """Every batch of every partition, as the backfill's producer prepares it."""
+    from backfill.producer import InlineProducer
+    from stores.sql.dialects import get_dialect
+    from stores.sql.schema import entity_table
+    from stores.sql.store import RowEncoder
+
+    encoder = RowEncoder(get_dialect("postgresql"), entity, entity_table(entity))
+    out = []
+    for part in source.plan(entity, None, workers=2, active_first=False):
+        producer = InlineProducer(source, encoder, limit)
+        producer.open(part.spec, None, None)
+        while True:
+            b = producer.take()
+            bad = [(x.ref, x.error) for x in b.bad]
+            out.append((b.position, b.exhausted, b.read, b.rows.chunks, bad, b.counts, b.last_key))
+            if b.exhausted:
+                break
+        producer.close()
+    return out
+
+
+def test_export_batches_read_a_block_at_a_time_equal_those_read_line_by_line(
+    tmp_path: Path, orders: Entity, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Whole batches decoded at once give the very batches (positions, rows, counts) the
+    per-document path gives; a batch holding an odd line (a bad document, a TIME object
+    in a JSON column, a blank line) falls back to that path and reports the same."""
+    docs: list[Any] = []
+    for i in range(120):
+        doc: dict[str, Any] = {
+            "id": f"k{i:04d}",
+            "client_id": f"c{i % 4}",
+            "version": 1 + i % 3,
+            "status": "é" if i % 5 else "ok",
+            "amount": i / 7,
+            "quantity": i,
+            "paid": i % 2 == 0,
+            "placed_at": f"2024-05-0{1 + i % 9}T10:00:00.{i:06d}Z",
+            "meta": {"tags": [str(i)], "n": i},
+        }
+        if i % 17 == 0:
+            doc = {
+                orders.key: doc["id"],
+                orders.client: doc["client_id"],
+                "version": 4,
+                orders.deleted_marker: True,
+            }
+        docs.append(doc)
+    docs[30].pop("version")  # bad: counted and reported with its key
+    docs[61]["meta"] = {"$reql_type$": "TIME", "epoch_time": 1.5, "timezone": "+00:00"}
+    lines = [json.dumps(d, ensure_ascii=i % 2 == 0) for i, d in enumerate(docs)]
+    lines[90] = "\n" + lines[90]  # a blank line before a document
+    export = tmp_path / "export"
+    path = export / orders.rethinkdb_db / f"{orders.rethinkdb_table}.json"
+    path.parent.mkdir(parents=True)
+    _write(path, "[\n" + ",\n".join(lines) + "\n]\n")
+
+    blocks: list[bool] = []
+    block = sources._ExportReader._block
+
+    def counted(self: Any, limit: int) -> Any:
+        batch = block(self, limit)
+        blocks.append(batch is not None)
+        return batch
+
+    monkeypatch.setattr(sources._ExportReader, "_block", counted)
+    at_once = _ready_batches(ExportSource(export), orders, 9)
+    assert sum(blocks) >= 8 and not all(blocks)  # most batches at once, the odd ones not
+    monkeypatch.setattr(sources, "block_decoder", lambda entity: None)
+    one_by_one = _ready_batches(ExportSource(export), orders, 9)
+    assert at_once == one_by_one
+    assert sum(b[2] for b in at_once) == len(docs)
+    assert [ref for b in at_once for ref, _ in b[4]] == ["key:k0030", "key:k0061"]
