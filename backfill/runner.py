@@ -47,6 +47,7 @@ from .partitions import (
     partitions_of,
     run_id_for,
 )
+from .pipeline import Abandoned, InOrderCommits, Turn
 from .producer import (
     PROCESS_THRESHOLD,
     Producer,
@@ -82,6 +83,8 @@ class Options:
     processes: bool | None = None
     #: With a reader process: prepare batches in the worker while the process starts.
     reader_warm_up: bool = True
+    #: Batches committing at once per worker (None: see ``Backfill._commit_depth``).
+    commit_depth: int | None = None
 
 
 @dataclass
@@ -260,6 +263,11 @@ class Backfill:
     def _worker(self, index: int, processes: bool) -> None:
         leases = Leases(self.sql, self.run_id, new_owner(f"/w{index}"), ttl_s=self.opt.lease_ttl_s)
         producer: Producer | None = None
+        commits: InOrderCommits[ReadyBatch] = InOrderCommits(
+            self._commit_depth(processes),
+            name=f"backfill-{index}-commit",
+            wait_s=self.opt.lease_ttl_s,
+        )
         try:
             producer = producer_for(
                 self.source,
@@ -278,7 +286,7 @@ class Backfill:
                     self._stop.wait(self.opt.poll_s)
                     continue
                 self._note("")
-                self._process(producer, leases, part)
+                self._process(producer, commits, leases, part)
             if not self._stop.is_set():
                 self._retry(lambda: finish_run_if_complete(self.sql, self.run_id, self.entity.name))
         except _Stopped:
@@ -287,22 +295,43 @@ class Backfill:
             self._errors.append(exc)
             self._stop.set()
         finally:
+            commits.close()
             if producer is not None:
                 producer.close()
+
+    def _commit_depth(self, processes: bool) -> int:
+        """Batches committing at once: two when a reader process prepares them.
+
+        Not when batches are prepared in this thread (small runs): that Python work
+        holds the GIL, which the commit's driver calls keep asking back. Not on SQLite
+        either, whose writers take turns anyway.
+        """
+        if self.sql.dialect.name == "sqlite":
+            return 1  # its second transaction would only wait for the write lock
+        if self.opt.commit_depth is not None:
+            return self.opt.commit_depth
+        return 2 if processes else 1
 
     def _note(self, text: str) -> None:
         if self.progress is not None:
             self.progress.set_note(text)
 
-    def _process(self, producer: Producer, leases: Leases, part: Partition) -> None:
+    def _process(
+        self,
+        producer: Producer,
+        commits: InOrderCommits[ReadyBatch],
+        leases: Leases,
+        part: Partition,
+    ) -> None:
         """Copy one partition, batch by batch, each batch's checkpoint in its commit.
 
         The next batch is requested before this one commits, so a producer in a child
-        process prepares it meanwhile. Stop and pause are honoured between commits:
-        a prepared batch that is not committed is simply read again on resume.
+        process prepares it meanwhile, and with a reader process two batches commit at
+        once (``pipeline.py``). Stop and pause are honoured between commits: a batch
+        taken but not committed is simply read again on resume.
         """
         try:
-            self._copy(producer, leases, part)
+            self._copy(producer, commits, leases, part)
         except BaseException:
             # An orderly failure gives the partition back, so "run again" resumes at once
             # instead of waiting out the lease (a crash still waits: nobody is left).
@@ -310,28 +339,66 @@ class Backfill:
                 leases.release(part.part)
             raise
 
-    def _copy(self, producer: Producer, leases: Leases, part: Partition) -> None:
+    def _copy(
+        self,
+        producer: Producer,
+        commits: InOrderCommits[ReadyBatch],
+        leases: Leases,
+        part: Partition,
+    ) -> None:
         clients = frozenset(self.opt.clients) if self.opt.clients is not None else None
         committed = part.position
         producer.open(part.spec, committed, clients)
         paused: bool | None = None  # as read with the last commit; None: ask the store
+        ended = False  # the partition's last batch is taken
+        reread = False  # batches taken after `committed` were dropped: read them again
+        failures = 0  # store failures in a row
         while True:
-            if not self._may_go_on(leases, part, paused):
-                return
-            try:
-                ready = producer.take()
-            except (RethinkUnavailable, OSError) as exc:
-                self._backoff(exc, "read")
+            if reread and not commits.busy:
                 producer.open(part.spec, committed, clients)
-                paused = None
+                reread = ended = False
+            if commits.room and not (ended or reread or paused is not False or self._stop.is_set()):
+                try:
+                    ready = producer.take()
+                except (RethinkUnavailable, OSError) as exc:
+                    self._backoff(exc, "read")
+                    reread = True
+                    continue
+                if not ready.exhausted:
+                    producer.request()
+                ended = ready.exhausted
+                commit = functools.partial(self._commit, leases, part, ready)
+                commits.submit(ready, commit, keys=ready.rows.key_range)
                 continue
-            if not ready.exhausted:
-                producer.request()
+            if not commits.busy:
+                if ended:
+                    return
+                if not self._may_go_on(leases, part, paused):
+                    return
+                paused = False
+                continue
             try:
-                paused = self._retry(functools.partial(self._commit, leases, part, ready))
+                ready = commits.next_committed()
+            except _Paused:
+                commits.drain()  # the later batches roll back too
+                paused, reread = True, True
+                continue
             except LeaseLost as exc:
+                commits.drain()
                 self.emit(f"{exc}; leaving it to its new owner")
                 return
+            except (StoreUnavailable, pyodbc.IntegrityError, Abandoned) as exc:
+                commits.drain()
+                failures += 1
+                if failures > self.opt.max_retries:
+                    raise
+                self._backoff(exc, "store", failures)
+                reread, paused = True, None
+                continue
+            except BaseException:
+                commits.drain()
+                raise
+            failures, paused = 0, False
             committed = ready.position
             with self._lock:
                 self._session += ready.read
@@ -339,8 +406,6 @@ class Backfill:
                 self.progress.advance(ready.read)
             if self.on_batch is not None:
                 self.on_batch(part, ready)
-            if ready.exhausted:
-                return
             self.throttle.wait(ready.read)
 
     def _may_go_on(self, leases: Leases, part: Partition, paused: bool | None) -> bool:
@@ -350,15 +415,22 @@ class Backfill:
             return False
         return paused is False or self._wait_while_paused(leases, part)
 
-    def _commit(self, leases: Leases, part: Partition, ready: ReadyBatch) -> bool:
+    def _commit(self, leases: Leases, part: Partition, ready: ReadyBatch, turn: Turn) -> None:
         """Rows, bad-document records, ledger counts and checkpoint: one transaction.
 
-        Returns whether the entity is paused, read in the same transaction.
+        The rows are written once the batch before has written its own, the rest once
+        that batch has committed (see ``pipeline.py``). Last, the pause flag is read in
+        the same transaction: when set, the batch rolls back (raising :class:`_Paused`)
+        and is read again on resume, so a pause takes effect at once however many
+        batches are in flight.
         """
         d = self.sql.dialect
-        now = now_utc()
+        turn.wait_to_write()
         with self.sql.transaction() as cur:
             result = self.sql.apply(self.entity, ready.rows, cursor=cur)
+            turn.rows_written()
+            turn.wait_for_previous()
+            now = now_utc()
             for b in ready.bad:
                 bookkeeping.insert_missing(
                     cur,
@@ -389,7 +461,8 @@ class Backfill:
             )
             if ready.exhausted and part.client is not None:
                 ledger.mark_copied(cur, d, self.entity.name, self.run_id, now, client=part.client)
-            return control.is_paused(self.sql, self.entity.name, cursor=cur)
+            if control.is_paused(self.sql, self.entity.name, cursor=cur):
+                raise _Paused()
 
     def _wait_while_paused(self, leases: Leases, part: Partition) -> bool:
         """Block while the entity is paused, keeping the lease; False to give up."""
@@ -475,6 +548,10 @@ class Backfill:
         summary.complete = summary.partitions_done == summary.partitions
         summary.stopped = self._stop.is_set()
         return summary
+
+
+class _Paused(Exception):
+    """Raised in a batch's transaction (rolling it back) when the entity is paused."""
 
 
 class _Stopped(Exception):

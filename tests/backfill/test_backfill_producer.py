@@ -85,7 +85,7 @@ def test_a_killed_reader_process_loses_nothing(
     """SIGKILL of the reader after the first commit: the run stops with an error naming
     the reader; every committed batch stays committed, and the same run resumes from
     its checkpoint to the same final state."""
-    state = history_state(orders, clients=2, ids=80, seed=23)
+    state = history_state(orders, clients=2, ids=300, seed=23)  # more batches than in flight
     source = export_of(orders, docs_for(orders, state.values()))
     killed: list[int] = []
 
@@ -100,10 +100,10 @@ def test_a_killed_reader_process_loses_nothing(
         job.run()
     assert killed
     (part,) = partitions_of(sql_store, job.run_id)
-    # What was committed stays: the batch in hand when the reader died, and any of the
-    # AHEAD batches it had already sent.
+    # What was committed stays: the batches in hand when the reader died (one committed,
+    # one committing), and any of the AHEAD batches it had already sent.
     assert part.status != "done"
-    assert part.rows_read in {FAST.batch * k for k in range(1, AHEAD + 2)}
+    assert part.rows_read in {FAST.batch * k for k in range(1, AHEAD + 3)}
     assert sql_store.count(orders, include_deleted=True) == part.rows_read
     again = Backfill(sql_store, source, orders, IN_CHILD, progress=quiet).run()
     assert again.complete and again.read == len(state)
@@ -132,14 +132,16 @@ def test_a_read_error_in_the_reader_process_is_the_same_error(
 def test_stopping_a_run_stops_its_reader_process(
     sql_store: SqlStore, orders: Entity, export_of: Export
 ) -> None:
-    """Ctrl-C (``stop``) ends the run between batches and leaves no reader behind."""
+    """Ctrl-C (``stop``) ends the run between batches and leaves no reader behind: the
+    batches already committing (two with a reader process) finish, no more start."""
     state = history_state(orders, clients=2, ids=100, seed=24)
     source = export_of(orders, docs_for(orders, state.values()))
     job = Backfill(
         sql_store, source, orders, IN_CHILD, progress=quiet, on_batch=lambda p, b: job.stop()
     )
     summary = job.run()
-    assert summary.stopped and not summary.complete and summary.session_rows == FAST.batch
+    assert summary.stopped and not summary.complete
+    assert summary.session_rows in {FAST.batch, 2 * FAST.batch}
     assert _wait_gone() == []
 
 
