@@ -124,7 +124,8 @@ def backfill() -> None:
     "reader_process",
     default=None,
     help="Read, map and serialise batches in a child process per worker, overlapping the "
-    f"commits. Default: when the run has {PROCESS_THRESHOLD:,} rows or more.",
+    "commits, which then run two at a time (in order). Default: when the run has "
+    f"{PROCESS_THRESHOLD:,} rows or more.",
 )
 @click.option("--dry-run", is_flag=True, help="Read and map everything, write nothing.")
 @click.option(
@@ -222,7 +223,10 @@ def pause_cmd(entity: str, reason: str) -> None:
     rt.cfg.entity(entity)
     ledger.ensure_tables(rt.sql)
     control.set_paused(rt.sql, entity, True, reason)
-    click.echo(f"backfill {entity}: paused (workers stop after their current batch)")
+    click.echo(
+        f"backfill {entity}: paused (workers stop at their current batch, "
+        "which is copied again on resume)"
+    )
 
 
 @backfill.command("resume")

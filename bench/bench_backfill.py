@@ -24,7 +24,6 @@
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import os
 import random
@@ -37,10 +36,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from backfill.documents import map_documents
-from backfill.line_decoder import line_decoder
 from backfill.runner import Backfill, Options
-from backfill.sources import DocStream, ExportSource, find_table_file, write_export
+from backfill.sources import ExportSource, write_export
 from backfill.verify import Verifier
 from cutover import services
 from cutover.config import Config, Entity, load_config
@@ -383,34 +380,38 @@ def breakdown(
 ) -> dict[str, float]:
     """Microseconds per row of each stage of the backfill's path, measured apart.
 
-    ``read_and_map``: the export reader with the backfill's line decoder (exported
-    lines to rows); ``prepare``: ``RowEncoder.prepare`` per 1,000 rows (newest per
-    key, key order, JSON); ``write_only``: ``SqlStore.apply`` of those prepared
-    batches, one transaction each: the ceiling of any pyodbc backfill on this server.
+    ``read_map_prepare``: what the reader process does, in this process (the export
+    read a batch at a time, mapped, folded, sorted and serialised: ``make_ready``);
+    ``write_only``: ``SqlStore.apply`` of those prepared batches one transaction at a
+    time: the ceiling of one pyodbc connection on this server.
     """
-    stream = DocStream(find_table_file(folder, entity), decode_row=line_decoder(entity))
-    start = time.perf_counter()
-    items = [item for item, _ in itertools.islice(stream, n)]
-    rows = map_documents(entity, items, str)[0]
-    read = time.perf_counter() - start
+    from backfill.producer import InlineProducer, ReadyBatch
+
     dsn = create_database(admin, "bench_breakdown", replace=True)
     store = SqlStore(dsn, "postgresql", config)
     store.ensure_schema()
-    full = n - n % 1000
-    encoder = store.encoder(entity)
+    source = ExportSource(folder)
+    prepared: list[ReadyBatch] = []
     start = time.perf_counter()
-    prepared = [encoder.prepare(rows[i : i + 1000]) for i in range(0, full, 1000)]
-    prepare = time.perf_counter() - start
+    for part in source.plan(entity, None, workers=1, active_first=False):
+        producer = InlineProducer(source, store.encoder(entity), 1000)
+        producer.open(part.spec, None, None)
+        while sum(b.documents for b in prepared) < n:
+            batch = producer.take()
+            prepared.append(batch)
+            if batch.exhausted:
+                break
+        producer.close()
+    rows = sum(b.documents for b in prepared)
+    read = time.perf_counter() - start
     start = time.perf_counter()
     for batch in prepared:
-        store.apply(entity, batch)
+        store.apply(entity, batch.rows)
     write = time.perf_counter() - start
     store.close()
-    per = 1e6 / (full or 1)
     return {
-        "read_and_map": read * 1e6 / n,
-        "prepare": prepare * per,
-        "write_only": write * per,
+        "read_map_prepare": read * 1e6 / rows,
+        "write_only": write * 1e6 / rows,
         "native_copy_upsert": native_per_row_s * 1e6,
     }
 
