@@ -6,9 +6,10 @@ batch's bookkeeping round trips and takes the next batch, while the server's oth
 cores idle throughout. So each batch commits in a thread of its own, on a connection
 of its own, up to ``depth`` at once: batch N+1 writes its rows while batch N is still
 writing or committing. Measured on the benchmark (2 cores shared by the database, the
-worker and its reader process): 0.90 of the time of one batch at a time, median of 8
-alternating pairs. Letting batch N+1 write only once batch N had written its rows
-gained nothing (1.08).
+worker and its reader process): 0.81 and 0.90 of the time of one batch at a time
+(medians of two runs of 8 alternating pairs). Letting batch N+1 write only once batch
+N had written its rows made it slower (1.08): the overlap that pays is the two
+servers' row writes.
 
 Order is what keeps a checkpoint truthful, so it is kept strictly. A batch writes its
 rows, then waits for the batch before it to commit, and only then records its
@@ -58,7 +59,8 @@ class Turn:
             return
         if previous.keys is not None and self.keys is not None and previous.keys[1] < self.keys[0]:
             return  # every key of this batch sorts after every key of that one
-        previous._written.wait(self._wait_s)
+        if not previous._written.wait(self._wait_s):
+            raise Abandoned(f"the batch before did not write its rows within {self._wait_s:g} s")
 
     def rows_written(self) -> None:
         """Let a batch after this one with keys in common write its rows."""
