@@ -334,7 +334,9 @@ class Backfill:
             self._copy(producer, commits, leases, part)
         except BaseException:
             # An orderly failure gives the partition back, so "run again" resumes at once
-            # instead of waiting out the lease (a crash still waits: nobody is left).
+            # instead of waiting out the lease (a crash still waits: nobody is left),
+            # once the batches still committing are done.
+            commits.drain()
             with suppress(Exception):
                 leases.release(part.part)
             raise
