@@ -24,7 +24,7 @@ from cutover.runtime import Runtime
 from . import control, ledger
 from .partitions import PENDING, RestartRefused, partitions_of, runs_for
 from .producer import PROCESS_THRESHOLD, ReaderGone
-from .runner import DEFAULT_RATE, Backfill, Options, Summary, read_clients_file
+from .runner import DEFAULT_BATCH, DEFAULT_RATE, Backfill, Options, Summary, read_clients_file
 from .sources import ExportSource, RethinkSource, Source, SourceError
 from .verify import Verifier
 
@@ -101,7 +101,7 @@ def backfill() -> None:
 @click.option(
     "--batch",
     type=click.IntRange(1, 100_000),
-    default=1000,
+    default=DEFAULT_BATCH,
     show_default=True,
     help="Documents per batch (and per checkpoint).",
 )

@@ -63,11 +63,16 @@ T = TypeVar("T")
 
 #: Rows per second read from the old store by default: modest next to live traffic.
 DEFAULT_RATE = 2000.0
+#: Documents per batch, and so per transaction and checkpoint. Each batch costs a few
+#: round trips of bookkeeping and a commit, so 2,000 rather than 1,000 copied 0.89 of
+#: the time on the benchmark (median of 8 alternating pairs); it keeps a pause or a
+#: crash to at most 2,000 documents copied again, one second at the default rate.
+DEFAULT_BATCH = 2000
 
 
 @dataclass(frozen=True)
 class Options:
-    batch: int = 1000
+    batch: int = DEFAULT_BATCH
     rate: float = DEFAULT_RATE  # rows/s per process; 0 = unthrottled
     workers: int = 1
     clients: tuple[str, ...] | None = None
@@ -575,6 +580,7 @@ def _unique(items: Iterable[str]) -> list[str]:
 
 
 __all__ = [
+    "DEFAULT_BATCH",
     "DEFAULT_RATE",
     "Backfill",
     "BadDoc",
