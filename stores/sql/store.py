@@ -15,8 +15,8 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from functools import cached_property
-from operator import itemgetter
-from typing import TYPE_CHECKING, Any
+from operator import attrgetter, itemgetter
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import pyodbc
 
@@ -39,6 +39,12 @@ from .schema import (
 
 if TYPE_CHECKING:
     from cutover.settings import Settings
+
+
+R = TypeVar("R")
+#: A values list's key, and its rank (version, deleted), for :func:`newest`.
+_KEY = itemgetter(0)
+_RANK = itemgetter(2, 3)
 
 
 class StoreUnavailable(RuntimeError):
@@ -119,16 +125,11 @@ class RowEncoder:
 
     def prepare_values(self, rows: Sequence[list[Any]]) -> PreparedRows:
         """:meth:`prepare` of rows given as lists: key, client id, version, deleted, then
-        the mapped values of :attr:`value_columns`, in that order (the backfill's export
+        the mapped values of the entity's columns, in that order (the backfill's export
         reader decodes whole batches straight into such lists). The lists are reused."""
-        best: dict[str, list[Any]] = {}
-        for values in rows:  # the newest per key: highest (version, deleted)
-            held = best.get(values[0])
-            if held is None or (values[2], values[3]) > (held[2], held[3]):
-                best[values[0]] = values
         # Key order: every writer locks rows in the same order, so a backfill batch and
         # a subscription batch touching the same keys cannot deadlock each other.
-        unique = sorted(best.values(), key=itemgetter(0))
+        unique = sorted(newest(rows, key=_KEY, rank=_RANK), key=_KEY)
         converted = self._layout[1]
         for values in unique:
             for at, convert in converted:
@@ -143,11 +144,6 @@ class RowEncoder:
         written_at = self.dialect.to_db("datetime", now_utc())
         key_range = (unique[0][0], unique[-1][0]) if unique else None
         return PreparedRows(self.entity.name, chunks, len(rows), written_at, key_range)
-
-    @property
-    def value_columns(self) -> tuple[str, ...]:
-        """The mapped columns, in the order :meth:`prepare_values` takes their values."""
-        return self._layout[0]
 
     @cached_property
     def _layout(self) -> tuple[tuple[str, ...], tuple[tuple[int, Callable[[Any], Any]], ...]]:
@@ -174,13 +170,23 @@ class RowEncoder:
         return tuple(c.name for c in columns), tuple(converted)
 
 
-def newest(rows: Iterable[Row]) -> list[Row]:
-    """One row per key: the one that would win (highest ``(version, deleted)``)."""
-    best: dict[str, Row] = {}
+def newest(
+    rows: Iterable[R],
+    *,
+    key: Callable[[R], str] = attrgetter("key"),
+    rank: Callable[[R], Any] = attrgetter("rank"),
+) -> list[R]:
+    """One row per key: the one that would win (highest ``(version, deleted)``).
+
+    Rows are :class:`Row` objects by default; ``key`` and ``rank`` read them in
+    another shape (the value lists of :meth:`RowEncoder.prepare_values`).
+    """
+    best: dict[str, R] = {}
     for row in rows:
-        held = best.get(row.key)
-        if held is None or row.rank > held.rank:
-            best[row.key] = row
+        k = key(row)
+        held = best.get(k)
+        if held is None or rank(row) > rank(held):
+            best[k] = row
     return list(best.values())
 
 
