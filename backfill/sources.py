@@ -666,11 +666,10 @@ class _ExportReader:
                 break
             line = fh.readline(_LINE_LIMIT)
             if not line.startswith(b"{"):
-                if line.strip() in (b"]", b""):
-                    ended = not line or line.strip() == b"]"
-                    if ended:
-                        break
-                return None  # blank or odd lines: the document path decides
+                if line and line.strip() != b"]":
+                    return None  # blank or odd lines: the document path decides
+                ended = True  # the end of the file, or of its array
+                break
             if not line.endswith(b"\n") and len(line) == _LINE_LIMIT:
                 return None
             lines.append(line)
