@@ -1,17 +1,19 @@
 """The backfill loop: copy old documents into the SQL store, batch by batch.
 
 Per batch: read a page from the partition's position -> map each document with
-``row_from_document`` (an export's lines mostly go straight to rows through
-``line_decoder``, its fast path; a document that cannot be mapped is counted and
-recorded with its key, never dropped silently) -> in ONE transaction: ``SqlStore.apply`` (the shared
-version-guarded write path, so a backfilled row never overwrites a newer
-double-written version and never resurrects a tombstone), the bad-document records,
-the ledger counts and the checkpoint (which also renews the partition's lease) ->
-throttle -> read the pause flag. A crash loses at most the batch in flight, which is
-then copied again; copying a row twice changes nothing because of the version rules.
+``row_from_document`` (an export is mostly decoded a batch at a time by
+``block_decoder``, its fast path; a document that cannot be mapped is counted and
+recorded with its key, never dropped silently) -> in ONE transaction:
+``SqlStore.apply`` (the shared version-guarded write path, so a backfilled row never
+overwrites a newer double-written version and never resurrects a tombstone), the
+bad-document records, the ledger counts, the checkpoint (which also renews the
+partition's lease) and the pause flag (a paused batch rolls back) -> throttle. A crash
+loses at most the batches in flight, which are then copied again; copying a row twice
+changes nothing because of the version rules.
 
 Reading and mapping happen in a *producer* (``producer.py``): for a large copy, a
-child process per worker that prepares the next batch while this one commits.
+child process per worker that prepares the next batches while the worker commits two
+at a time, in order (``pipeline.py``).
 """
 
 from __future__ import annotations
