@@ -14,6 +14,15 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from .limits import (
+    MAX_BODY_BYTES,
+    MAX_EVENT_DEPTH,
+    LimitError,
+    check_depth,
+    depth_at_most,
+    describe,
+)
+
 
 class EventError(ValueError):
     """A message that does not meet the contract; the message says which part and why."""
@@ -64,7 +73,15 @@ class Event(BaseModel):
 
 
 def parse_event(raw: bytes | str) -> Event:
-    """Decode and validate one message body, raising :class:`EventError` with the reason."""
+    """Decode and validate one message body, raising :class:`EventError` with the reason.
+
+    Whatever the body holds, this returns an event or raises EventError: the size and
+    the nesting depth are checked before any recursive step (the parser's own
+    recursion is caught, pydantic and the mapping only ever see shallow values). The
+    values themselves are checked against :mod:`cutover.limits` by the mapping.
+    """
+    if len(raw) > MAX_BODY_BYTES:
+        raise EventError(f"message is {len(raw):,} bytes, more than {MAX_BODY_BYTES:,}")
     try:
         text = raw.decode("utf-8") if isinstance(raw, bytes) else raw
     except UnicodeDecodeError as exc:
@@ -73,8 +90,15 @@ def parse_event(raw: bytes | str) -> Event:
         payload = json.loads(text)
     except json.JSONDecodeError as exc:
         raise EventError(f"message is not JSON: {exc}") from None
+    except RecursionError:
+        raise EventError(f"message is nested more than {MAX_EVENT_DEPTH} levels deep") from None
     if not isinstance(payload, dict):
         raise EventError(f"message must be a JSON object, got {type(payload).__name__}")
+    if not depth_at_most(text, MAX_EVENT_DEPTH):
+        try:
+            check_depth(payload, MAX_EVENT_DEPTH)
+        except LimitError as exc:
+            raise EventError(f"message {exc}") from None
     # JSON has no datetime type, so occurred_at arrives as a string and is parsed above;
     # everything else must already have the right JSON type (strict mode: no "3" for 3).
     try:
@@ -94,6 +118,7 @@ def event_schema() -> dict[str, Any]:
         "format": "date-time",
         "description": "RFC 3339 timestamp with a UTC offset.",
     }
+    schema["x-cutover-limits"] = describe()
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     schema["title"] = "cutover entity change event"
     return schema

@@ -20,8 +20,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from cutover.config import Column, ColumnType, Entity
-
-from . import jsontext
+from cutover.limits import LimitError, check_json, check_text
 
 if TYPE_CHECKING:  # the event model is pydantic: not needed to map documents
     from cutover.events import Event
@@ -74,6 +73,7 @@ def _checker(column: Column) -> Check:
                 raise ValueError(f"expected a string, got {type(value).__name__}")
             if max_length is not None and len(value) > max_length:
                 raise ValueError(f"is {len(value)} characters, longer than {max_length}")
+            check_text(value)
             return value
 
     elif kind is ColumnType.INT:
@@ -117,17 +117,11 @@ def _checker(column: Column) -> Check:
 
 
 def _check_json(value: Any) -> Any:
-    """JSON columns take anything JSON can carry; checked by serialising it."""
-    if type(value) in _JSON_SCALARS:
+    """JSON columns take any JSON value within the contract's limits (:mod:`cutover.limits`)."""
+    if value is True or value is False:
         return value
-    try:
-        jsontext.check(value)
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"is not JSON-serialisable: {exc}") from None
+    check_json(value)
     return value
-
-
-_JSON_SCALARS = (str, int, bool)
 
 
 def parse_datetime(value: Any) -> datetime:
@@ -193,10 +187,20 @@ def map_values(
     return values
 
 
+def check_identity(entity: Entity, key: str, client_id: str) -> None:
+    """A key and a client id the stores and the API can all carry (:mod:`cutover.limits`)."""
+    for what, value in (("key", key), ("client id", client_id)):
+        try:
+            check_text(value)
+        except LimitError as exc:
+            raise MappingError(f"{entity.name} {value!r:.80}: the {what} {exc}") from None
+
+
 def row_from_event(entity: Entity, event: Event) -> Row:
     """The row an event asks for; a delete carries no values."""
     if event.entity != entity.name:
         raise MappingError(f"event {event.event_id!r} is for {event.entity!r}, not {entity.name!r}")
+    check_identity(entity, event.id, event.client_id)
     if event.op == "delete":
         return Row(event.id, event.client_id, event.version, True, tombstone_values(entity))
     return Row(
@@ -217,6 +221,7 @@ def row_from_document(entity: Entity, doc: Mapping[str, Any]) -> Row:
     client = doc.get(entity.client)
     if not isinstance(client, str) or not client:
         raise MappingError(f"{where}: client field {entity.client!r} missing or not a string")
+    check_identity(entity, key, client)
     version = doc.get(entity.version)
     if isinstance(version, float) and version.is_integer():
         version = int(version)  # RethinkDB numbers are doubles on the wire
