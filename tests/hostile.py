@@ -1,0 +1,168 @@
+"""Hypothesis strategies for hostile but plausible input: one space for every path.
+
+The subscription worker (event bodies), the backfill (exported lines and live
+documents) and replay all draw from here, so "one bad input costs one failure-log
+entry or one bad document, never a worker or a batch" is checked over the same space.
+
+The space is what the JSON grammar allows and a producer might send: deep nesting (up
+to far past Python's recursion limit), lone surrogates, NUL, long strings, integers of
+any size, NaN literals, duplicate object keys, non-UTF-8 bytes and plain garbage, mixed
+with perfectly valid values so that every batch has valid neighbours to protect.
+
+Bodies are built as JSON *text* (not through ``json.dumps`` alone) so that what no
+encoder would write (a duplicate key, a ``NaN``, a raw surrogate escape, 10,000 nested
+arrays) is in the space too.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from hypothesis import strategies as st
+
+#: Strings a producer might send: ordinary text, a lone surrogate, NUL, separators
+#: that are line breaks to ``str.splitlines``, '/', '%', quotes.
+_TRICKY_CHARS = ["\ud800", "\udfff", "\x00", "\u2028", "\u2029", "\x85", "/", "%", '"', "\\"]
+
+texts = st.one_of(
+    st.text(max_size=12),
+    st.lists(
+        st.one_of(st.sampled_from(_TRICKY_CHARS), st.text(max_size=3)), min_size=1, max_size=5
+    ).map("".join),
+    st.integers(1, 4).map(lambda n: "x" * (10**n)),  # up to 10,000 characters
+)
+
+numbers = st.one_of(
+    st.integers(-(2**31), 2**31),
+    st.integers(),  # any size: beyond 2**53 and 2**64 too
+    st.sampled_from([2**53, 2**53 + 1, -(2**63), 2**63, 10**30, 10**400]),
+    st.floats(allow_nan=False, allow_infinity=False),
+)
+
+scalars = st.one_of(st.none(), st.booleans(), numbers, texts)
+
+
+def json_values(max_leaves: int = 12) -> st.SearchStrategy[Any]:
+    """Python values as ``json.loads`` returns them (possibly outside the limits)."""
+    return st.recursive(
+        scalars,
+        lambda inner: st.one_of(
+            st.lists(inner, max_size=4), st.dictionaries(texts, inner, max_size=4)
+        ),
+        max_leaves=max_leaves,
+    )
+
+
+def _text(value: str) -> str:
+    # json.dumps writes a lone surrogate as its \\ud800 escape, which is valid JSON text.
+    return json.dumps(value, ensure_ascii=False)
+
+
+@st.composite
+def json_texts(draw: st.DrawFn, max_leaves: int = 12) -> str:
+    """JSON text of a value, sometimes with a duplicate key, a NaN, or deep nesting."""
+    shape = draw(st.sampled_from(["plain", "plain", "plain", "duplicate", "nan", "deep"]))
+    if shape == "deep":
+        depth = draw(st.sampled_from([15, 16, 17, 18, 25, 900, 10_000]))
+        leaf = json.dumps(draw(scalars), ensure_ascii=False)
+        return "[" * depth + leaf + "]" * depth
+    if shape == "nan":
+        return draw(st.sampled_from(["NaN", "Infinity", "-Infinity", "[1, NaN]"]))
+    value = draw(json_values(max_leaves))
+    text = json.dumps(value, ensure_ascii=False)
+    if shape == "duplicate" and isinstance(value, dict) and value:
+        key = next(iter(value))
+        dup = json.dumps(draw(scalars), ensure_ascii=False)
+        text = "{" + f"{_text(key)}:{dup}," + text[1:]
+    return text
+
+
+#: Field values for the orders entity (tests/cutover.toml's and the repo's):
+#: mostly the right type, sometimes the wrong one, sometimes hostile.
+def _orders_field(name: str) -> st.SearchStrategy[str]:
+    valid: dict[str, st.SearchStrategy[Any]] = {
+        "status": st.sampled_from(["new", "paid", "shipped"]),
+        "amount": st.floats(0, 1e6, allow_nan=False),
+        "quantity": st.integers(0, 1000),
+        "paid": st.booleans(),
+        "placed_at": st.just("2024-05-01T10:00:00Z"),
+        "meta": st.dictionaries(st.sampled_from(["a", "b"]), st.integers(0, 9), max_size=2),
+    }
+    as_text = valid[name].map(lambda v: json.dumps(v))
+    hostile = json_texts() if name == "meta" else scalars.map(lambda v: json.dumps(v))
+    return st.one_of(*[as_text] * 6, hostile)
+
+
+_keys = st.sampled_from(["o-1", "o-2", "o-3", "o/4", "o %5", "ö-6"])
+_clients = st.sampled_from(["acme", "globex", "client/01"])
+
+
+@st.composite
+def event_texts(
+    draw: st.DrawFn, *, entity: str = "orders", key: str | None = None, client: str | None = None
+) -> str:
+    """An event body as text: a valid envelope around valid or hostile data."""
+    fields = {}
+    for name in ("status", "amount", "quantity", "paid", "placed_at", "meta"):
+        if draw(st.integers(0, 5)):  # sometimes missing
+            fields[name] = draw(_orders_field(name))
+    data = "{" + ",".join(f"{json.dumps(k)}:{v}" for k, v in fields.items()) + "}"
+    the_key = key if key is not None else draw(st.one_of(_keys, _keys, texts))
+    the_client = client if client is not None else draw(st.one_of(_clients, _clients, texts))
+    op = draw(st.sampled_from(["upsert", "upsert", "upsert", "delete"]))
+    version = draw(st.one_of(*[st.integers(0, 100)] * 4, st.just(2**70), st.just(-1)))
+    envelope = {
+        "event_id": draw(st.text(min_size=1, max_size=8)),
+        "entity": entity,
+        "op": op,
+        "id": the_key,
+        "client_id": the_client,
+        "version": version,
+        "occurred_at": "2024-05-01T10:00:00Z",
+    }
+    head = json.dumps(envelope, ensure_ascii=False)[:-1]
+    return head + f',"data":{data}' + "}"
+
+
+#: Bodies that are not events at all.
+garbage_bodies = st.one_of(
+    st.binary(max_size=40),
+    st.just(b"\xff\xfe not utf-8"),
+    st.just(b"[" * 10_000 + b"]" * 10_000),
+    st.just(b'{"data": ' + b"[" * 10_000 + b"]" * 10_000 + b"}"),
+    st.just(b"[]"),
+    st.just(b"null"),
+    st.just(b""),
+)
+
+
+def event_bodies(**kwargs: Any) -> st.SearchStrategy[bytes]:
+    """Message bodies: mostly events (valid or hostile), some garbage.
+
+    ``json.dumps`` may leave lone surrogates in the text (``ensure_ascii=False``); they
+    are written as their escape so the body is still bytes a producer could send.
+    """
+    events = event_texts(**kwargs).map(as_bytes)
+    return st.one_of(events, events, events, garbage_bodies)
+
+
+def as_bytes(text: str) -> bytes:
+    """UTF-8 bytes of JSON text; a lone surrogate becomes its ``\\udXXX`` escape, which
+    keeps the text valid JSON (``json.dumps(..., ensure_ascii=False)`` leaves them raw)."""
+    return text.encode("utf-8", "backslashreplace")
+
+
+@st.composite
+def document_texts(draw: st.DrawFn, *, key: str | None = None, client: str = "acme") -> str:
+    """One exported orders document as JSON text (a line of a RethinkDB export)."""
+    fields = {}
+    for name in ("status", "amount", "quantity", "paid", "placed_at", "meta"):
+        if draw(st.integers(0, 5)):
+            fields[name] = draw(_orders_field(name))
+    the_key = key if key is not None else draw(st.one_of(_keys, _keys, texts))
+    head = {"id": the_key, "client_id": client, "version": draw(st.integers(0, 50))}
+    text = json.dumps(head, ensure_ascii=False)[:-1]
+    for name, value in fields.items():
+        text += f",{json.dumps(name)}:{value}"
+    return text + "}"
