@@ -20,7 +20,8 @@ from stores.sql import StoreUnavailable, get_dialect
 from stores.sql.schema import create_table_sql, entity_table
 
 from .config import ConfigError
-from .events import EventError, event_schema, parse_event
+from .eventfile import read_events
+from .events import EventError, event_schema
 from .redaction import redact
 from .runtime import Runtime
 
@@ -110,7 +111,7 @@ def events_schema() -> None:
     "--file",
     "path",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    help="JSON-lines file: one event per line.",
+    help="JSON-lines file: one UTF-8 event per line, lines split on \\n only (as message bodies).",
 )
 @click.option("--generate", type=int, help="Generate about N synthetic events instead.")
 @click.option("--entity", help="Entity for --generate.")
@@ -129,8 +130,11 @@ def events_publish(
 ) -> None:
     """Publish events from a file, or synthetic ones, with the contract's attributes.
 
-    Every line of a file is validated first: one bad line stops the command before
-    anything is published, naming the line.
+    Every line of a file is validated first, exactly as the worker validates a
+    message body: one bad line (not UTF-8, not JSON, not the contract) stops the
+    command before anything is published, naming the line. Lines end at \\n only
+    (a U+2028 inside a string is part of the string); blank lines and a \\r before
+    the \\n are ignored.
     """
     from .pubsub import ensure_topic, publish_events, publisher
     from .synthetic import generate_history
@@ -139,13 +143,7 @@ def events_publish(
     if (path is None) == (generate is None):
         raise click.UsageError("give exactly one of --file or --generate")
     if path is not None:
-        batch = []
-        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-            if line.strip():
-                try:
-                    batch.append(parse_event(line))
-                except EventError as exc:
-                    raise EventError(f"{path}:{number}: {exc}") from None
+        batch = read_events(path)
     else:
         if not entity:
             raise click.UsageError("--generate needs --entity")
