@@ -10,6 +10,7 @@ import contextlib
 import json
 import os
 import shutil
+import signal
 import socket
 import stat
 import subprocess
@@ -230,8 +231,84 @@ def test_down_forgets_a_process_that_is_already_gone() -> None:
         [(_, healthy, detail)] = services.status(state_dir=path)
         assert not healthy and "not running" in detail
         services.down(state_dir=path)
-        assert json.loads((path / "services" / "state.json").read_text()) == {"services": {}}
+        assert json.loads((path / "services" / "state.json").read_text())["services"] == {}
     finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _unleash_projects(info: ServiceInfo) -> int:
+    """An admin API call that reads Unleash's database (``/health`` does not)."""
+    headers = {"Authorization": info.extra["admin_token"]}
+    return httpx.get(f"{info.url}/api/admin/projects", headers=headers, timeout=10).status_code
+
+
+def _crash(info: ServiceInfo) -> None:
+    """Stop a server behind cutover's back (its record stays, its process is gone)."""
+    os.kill(info.pid, signal.SIGINT)
+    deadline = time.monotonic() + 30
+    while not _gone(info.pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert _gone(info.pid)
+
+
+def _cli(*args: str) -> str:
+    from click.testing import CliRunner
+
+    from cutover.services.cli import group
+
+    result = CliRunner().invoke(group, list(args))
+    assert result.exit_code == 0, result.output
+    return " ".join(result.output.split())  # rich wraps long lines
+
+
+def test_restarting_postgres_keeps_its_port_and_never_drops_unleash() -> None:
+    """postgres goes away under a running Unleash. `up postgres` brings it back on its
+    old port and Unleash, which only had to reconnect, keeps running (said so). When
+    the old port is taken, postgres moves (said so) and Unleash, whose database moved
+    with it, is restarted too (said so); `status` lists both, healthy, each time, and
+    Unleash still serves the data it wrote before (same database, same tokens)."""
+    path = _fresh_state_dir()
+    try:
+        first = services.up(["unleash"], state_dir=path)
+        pg, unleash = first["postgres"], first["unleash"]
+        assert _unleash_projects(unleash) == 200
+
+        _crash(pg)
+        notes: list[str] = []
+        again = services.up(["postgres"], state_dir=path, report=notes.append)
+        assert again["postgres"].port == pg.port and again["postgres"].pid != pg.pid
+        assert again["unleash"].pid == unleash.pid
+        assert notes == [
+            f"postgres: restarted on its last port {pg.port} (process {pg.pid} is not running)",
+            "unleash: kept running (postgres came back on the same port)",
+        ]
+        assert [(i.name, ok) for i, ok, _ in services.status(state_dir=path)] == [
+            ("postgres", True),
+            ("unleash", True),
+        ]
+        assert _unleash_projects(again["unleash"]) == 200
+
+        _crash(again["postgres"])
+        with socket.socket() as squatter:  # another program now listens on that port
+            squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            squatter.bind(("127.0.0.1", pg.port))
+            squatter.listen()
+            out = _cli("up", "postgres", "--state-dir", str(path))
+        rows = {i.name: (i, ok) for i, ok, _ in services.status(state_dir=path)}
+        moved, restarted = rows["postgres"][0], rows["unleash"][0]
+        assert moved.port != pg.port and restarted.pid != unleash.pid
+        assert f"postgres: restarted on port {moved.port}: its last port {pg.port} is taken" in out
+        assert f"unleash: restarted on its last port {unleash.port} (it runs on postgres, " in out
+        assert f"which moved to port {moved.port})" in out
+        assert rows["postgres"][1] and rows["unleash"][1]
+        assert _unleash_projects(restarted) == 200
+
+        out = _cli("down", "postgres", "--state-dir", str(path))
+        assert "stopped unleash, postgres" in out
+        assert "unleash was stopped too: it runs on postgres" in out
+        assert services.status(state_dir=path) == []
+    finally:
+        services.down(state_dir=path)
         shutil.rmtree(path, ignore_errors=True)
 
 

@@ -1,7 +1,7 @@
 """Local servers the project runs against: install, start, stop and check them.
 
-``up()`` starts, each on a free 127.0.0.1 port with its own directory under
-``<state_dir>/services/<name>/``:
+``up()`` starts, each on a free 127.0.0.1 port (its last one again when nothing else
+listens there) with its own directory under ``<state_dir>/services/<name>/``:
 
 * ``pubsub``: cloudbox's gRPC Pub/Sub server (clients use ``PUBSUB_EMULATOR_HOST``);
 * ``rethinkdb``: reqlite, a RethinkDB-compatible server (npm);

@@ -77,10 +77,13 @@ class Context:
 
     ``state_dir`` is absolute; each server owns ``<state_dir>/services/<name>/``.
     ``fsync=False`` trades crash safety for speed (fine for tests and demos).
+    ``ports`` holds each server's last port: a starter asks for it again
+    (``_proc.port_or_free``) so a restart keeps the address others point at.
     """
 
     state_dir: Path
     fsync: bool = False
+    ports: Mapping[str, int] = field(default_factory=dict)
 
     @property
     def services_dir(self) -> Path:

@@ -34,6 +34,23 @@ def free_port(host: str = HOST) -> int:
         return int(sock.getsockname()[1])
 
 
+def port_or_free(preferred: int | None, host: str = HOST) -> int:
+    """``preferred`` when no socket listens on it now, else a free port.
+
+    The probe sets ``SO_REUSEADDR`` as the servers do, so connections of a stopped
+    server still in TIME_WAIT do not count as taking the port; a listener does.
+    """
+    if preferred:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind((host, preferred))
+                return preferred
+            except OSError:
+                pass
+    return free_port(host)
+
+
 def spawn(
     argv: Sequence[str],
     *,

@@ -3,6 +3,11 @@
 The state file is how ``down`` and ``status`` in another process find the servers
 ``up`` started. It holds tokens, so it and the env file are written 0600, atomically
 (a reader never sees half a file), under a lock shared by ``up`` and ``down``.
+
+It also remembers the last port of every server that ever ran (``ports``), kept
+across ``down``, so that a restart can come back on the same address and whatever
+was pointed at it (``services.env``, an exported variable, a dependent server)
+stays valid.
 """
 
 from __future__ import annotations
@@ -81,17 +86,37 @@ def _from_json(data: Mapping[str, Any]) -> Record:
     return Record(info, int(ticks) if ticks is not None else None)
 
 
+def _raw(state_dir: Path) -> dict[str, Any]:
+    try:
+        raw = json.loads(state_file(state_dir).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return raw if isinstance(raw, dict) else {}
+
+
 def load(state_dir: Path) -> dict[str, Record]:
     """The recorded servers; an absent or unreadable file means none."""
     try:
-        raw = json.loads(state_file(state_dir).read_text(encoding="utf-8"))
-        return {name: _from_json(rec) for name, rec in raw.get("services", {}).items()}
-    except (OSError, ValueError, KeyError, TypeError):
+        return {name: _from_json(rec) for name, rec in _raw(state_dir)["services"].items()}
+    except (AttributeError, ValueError, KeyError, TypeError):
+        return {}
+
+
+def load_ports(state_dir: Path) -> dict[str, int]:
+    """The last port of each server that ever ran here, running now or not."""
+    try:
+        return {str(k): int(v) for k, v in _raw(state_dir)["ports"].items()}
+    except (AttributeError, ValueError, KeyError, TypeError):
         return {}
 
 
 def save(state_dir: Path, records: Mapping[str, Record]) -> None:
-    payload = {"services": {name: _to_json(rec) for name, rec in records.items()}}
+    """Record the running servers; remembered ports are kept and updated."""
+    ports = load_ports(state_dir) | {name: rec.info.port for name, rec in records.items()}
+    payload = {
+        "services": {name: _to_json(rec) for name, rec in records.items()},
+        "ports": ports,
+    }
     write_private(state_file(state_dir), json.dumps(payload, indent=2) + "\n")
 
 

@@ -15,7 +15,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from cutover.services import _state
-from cutover.services._api import ALL, DEFAULT_STATE_DIR, down, status, up
+from cutover.services._api import ALL, DEFAULT_STATE_DIR, SPECS, down, status, up
 from cutover.services._model import ServiceError, ServiceInfo
 
 _console = Console()
@@ -29,6 +29,10 @@ state_dir_option = click.option(
     help="Where servers keep their data, logs and state.json (env CUTOVER_STATE_DIR).",
 )
 names_argument = click.argument("names", nargs=-1, type=click.Choice(ALL), metavar="[NAME]...")
+
+
+def _say(message: str) -> None:
+    _console.print(escape(message))
 
 
 def _address(info: ServiceInfo) -> str:
@@ -71,12 +75,17 @@ def up_command(names: tuple[str, ...], state_dir: Path, fsync: bool) -> None:
 
     NAME is one of: pubsub, rethinkdb, postgres, unleash (unleash needs postgres).
 
+    A server starting again comes back on its last port unless that port is taken
+    (then on a free one, and says so). Restarting postgres keeps unleash running when
+    postgres is back on the same port and unleash still answers; otherwise unleash is
+    restarted too. Every such restart is printed with its reason.
+
     Installs what is missing first (npm packages into .cache/node, cloudbox's patch).
     Servers keep running after this command exits; stop them with `down`.
     """
     began = time.monotonic()
     try:
-        infos = up(names or ALL, state_dir=state_dir, fsync=fsync)
+        infos = up(names or ALL, state_dir=state_dir, fsync=fsync, report=_say)
     except ServiceError as exc:
         raise click.ClickException(str(exc)) from exc
     _console.print(_table((info, None, "") for info in infos.values()))
@@ -89,15 +98,22 @@ def up_command(names: tuple[str, ...], state_dir: Path, fsync: bool) -> None:
 @names_argument
 @state_dir_option
 def down_command(names: tuple[str, ...], state_dir: Path) -> None:
-    """Stop NAME... (default: all recorded) and the servers that need them.
+    """Stop NAME... (default: all recorded) and the servers that need them (named).
 
     Data directories are kept; a server whose process is already gone is just forgotten.
     """
     try:
-        down(names or None, state_dir=state_dir)
+        stopped = down(names or None, state_dir=state_dir)
     except ServiceError as exc:
         raise click.ClickException(str(exc)) from exc
-    _console.print("stopped " + (", ".join(names) if names else "all recorded servers"))
+    if not stopped:
+        _console.print("nothing was running")
+        return
+    _console.print("stopped " + ", ".join(stopped))
+    for name in stopped:
+        if names and name not in names:
+            on = ", ".join(n for n in SPECS[name].requires if n in stopped)
+            _console.print(f"{name} was stopped too: it runs on {on}")
 
 
 @services.command("status")

@@ -172,7 +172,7 @@ def start(ctx: Context, deps: Mapping[str, ServiceInfo]) -> Record:
     log.touch()
     _prepare(home, data, log, owner, bindir)
 
-    port = _proc.free_port()
+    port = _proc.port_or_free(ctx.ports.get(NAME))
     sockets = str(data) if len(f"{data}/.s.PGSQL.{port}") < _SUN_PATH_MAX else "''"
     if sockets != "''":
         sockets = shlex.quote(sockets)

@@ -22,7 +22,7 @@ BOOT_TIMEOUT_S = 30.0
 def start(ctx: Context, deps: Mapping[str, ServiceInfo]) -> Record:
     _install.ensure_cloudbox()
     log = ctx.service_dir(NAME) / f"{NAME}.log"
-    port = _proc.free_port()
+    port = _proc.port_or_free(ctx.ports.get(NAME))
     env = {k: v for k, v in os.environ.items() if not k.startswith("CLOUDBOX_")}
     env["PYTHONUNBUFFERED"] = "1"
     argv = [sys.executable, str(_RUNNER), "--host", HOST, "--port", str(port)]

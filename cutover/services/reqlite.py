@@ -23,7 +23,7 @@ def start(ctx: Context, deps: Mapping[str, ServiceInfo]) -> Record:
     node = _install.node_binary()
     home = ctx.service_dir(NAME)
     log = home / f"{NAME}.log"
-    port = _proc.free_port()
+    port = _proc.port_or_free(ctx.ports.get(NAME))
     proc = _proc.spawn([node, str(_LAUNCHER), str(modules), str(port)], log_path=log, cwd=home)
     ticks = _proc.start_ticks(proc.pid)
     info = ServiceInfo(NAME, HOST, port, proc.pid, f"rethinkdb://{HOST}:{port}", log)

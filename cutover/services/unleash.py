@@ -70,7 +70,7 @@ def _launch(ctx: Context, pg: ServiceInfo, tokens: Mapping[str, str]) -> Record:
     node = _install.node_binary()
     home = ctx.service_dir(NAME)
     log = home / f"{NAME}.log"
-    port = _proc.free_port()
+    port = _proc.port_or_free(ctx.ports.get(NAME))
     env = {k: v for k, v in os.environ.items() if not k.startswith(_DROP_ENV)}
     env.update(
         TZ="UTC",
