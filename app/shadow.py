@@ -9,6 +9,9 @@ Double-writing is asynchronous, so the SQL store may trail RethinkDB by a moment
 difference is re-read after ``shadow_recheck_delay_s`` and only one that persists is a
 mismatch. Each mismatch is counted (Prometheus) and recorded in the SQL store
 (``cutover_shadow_mismatches``: client, id, kind, differing fields, versions, time).
+Every comparison's outcome is also counted per client, in memory, and added to the
+SQL store's shadow evidence in the background (:class:`flags.evidence.EvidenceBuffer`:
+every few seconds and at stop), which the gate for ``new`` reads.
 """
 
 from __future__ import annotations
@@ -28,10 +31,11 @@ from prometheus_client import Counter
 from cutover.clock import now_utc
 from cutover.config import Entity
 from cutover.settings import Settings
+from flags.evidence import Counts, EvidenceBuffer
 from flags.stages import Stage
 from flags.tables import MISMATCHES
 from stores.mapping import Row, differing_fields
-from stores.sql import SqlStore
+from stores.sql import SqlStore, bookkeeping
 
 from .reads import ReadModel, StoreName
 
@@ -100,62 +104,56 @@ class MismatchRecorder:
     """Inserts mismatch records into the SQL store (creating the table once)."""
 
     def __init__(self, store: SqlStore) -> None:
-        self._store = store
+        self.store = store
         self._ready = False
+
+    def _ensure_table(self) -> None:
+        if not self._ready:
+            self.store.ensure_schema([MISMATCHES])
+            self._ready = True
 
     def record(self, mismatches: list[Mismatch]) -> None:
         if not mismatches:
             return
-        if not self._ready:
-            self._store.ensure_schema([MISMATCHES])
-            self._ready = True
-        d = self._store.dialect
-        q = d.quote
-        names = [c.name for c in MISMATCHES.columns]
-        sql = (
-            f"INSERT INTO {q(MISMATCHES.name)} ({', '.join(q(n) for n in names)}) "
-            f"VALUES ({', '.join('?' for _ in names)})"
-        )
-        with self._store.transaction() as cur:
+        self._ensure_table()
+        with self.store.transaction() as cur:
             for m in mismatches:
-                values: dict[str, Any] = {**m.__dict__}
-                cur.execute(sql, [d.to_db(c.kind, values[c.name]) for c in MISMATCHES.columns])
+                bookkeeping.insert(cur, self.store.dialect, MISMATCHES, m.__dict__)
 
     def recent(self, entity: str, client_id: str | None = None, limit: int = 100) -> list[Mismatch]:
         """The latest records, newest first (for tests, the CLI and the console)."""
-        d = self._store.dialect
-        q = d.quote
-        names = [c.name for c in MISMATCHES.columns]
-        where, params = [f"{q('entity')} = ?"], [entity]
+        where: dict[str, Any] = {"entity": entity}
         if client_id is not None:
-            where.append(f"{q('client_id')} = ?")
-            params.append(client_id)
-        sql = d.limit(
-            f"SELECT {', '.join(q(n) for n in names)} FROM {q(MISMATCHES.name)} "
-            f"WHERE {' AND '.join(where)} ORDER BY {q('detected_at')} DESC",
-            limit,
-        )
-        if not self._ready:
-            self._store.ensure_schema([MISMATCHES])
-            self._ready = True
-        with self._store.transaction() as cur:
-            cur.execute(sql, params)
-            rows = cur.fetchall()
-        return [
-            Mismatch(
-                **{c.name: d.from_db(c.kind, v) for c, v in zip(MISMATCHES.columns, r, strict=True)}
+            where["client_id"] = client_id
+        self._ensure_table()
+        with self.store.transaction() as cur:
+            rows = bookkeeping.select(
+                cur,
+                self.store.dialect,
+                MISMATCHES,
+                where,
+                order_by=("detected_at",),
+                descending=True,
+                limit=limit,
             )
-            for r in rows
-        ]
+        return [Mismatch(**row) for row in rows]
 
 
 class ShadowComparer:
     """A bounded queue and a few threads comparing served reads with the other store."""
 
-    def __init__(self, reads: ReadModel, recorder: MismatchRecorder, options: Settings) -> None:
+    def __init__(
+        self,
+        reads: ReadModel,
+        recorder: MismatchRecorder,
+        options: Settings,
+        evidence: EvidenceBuffer | None = None,
+    ) -> None:
         self._reads = reads
         self._recorder = recorder
         self._options = options
+        #: Per-client counts of every comparison, flushed to the recorder's store.
+        self.evidence = evidence or EvidenceBuffer.from_settings(recorder.store, options)
         self._queue: queue.Queue[_Job | None] = queue.Queue(maxsize=options.shadow_queue_size)
         self._threads: list[threading.Thread] = []
         self._random = random.Random()
@@ -164,6 +162,7 @@ class ShadowComparer:
     def start(self) -> None:
         if self._threads:
             return
+        self.evidence.start()
         for n in range(self._options.shadow_max_concurrency):
             thread = threading.Thread(target=self._work, name=f"shadow-{n}", daemon=True)
             thread.start()
@@ -178,14 +177,21 @@ class ShadowComparer:
         for thread in self._threads:
             thread.join(timeout)
         self._threads = []
+        self.evidence.stop(timeout)  # the last counts, once no comparison runs
 
     def drain(self, timeout: float = 10.0) -> bool:
-        """Wait until every queued comparison finished (tests, shutdown)."""
+        """Wait until every queued comparison finished and its counts are in the store
+        (tests, shutdown); False when that took too long or the store refused them."""
         deadline = time.monotonic() + timeout
         while self._queue.unfinished_tasks:
             if time.monotonic() > deadline:
                 return False
             time.sleep(0.01)
+        try:
+            self.evidence.flush()
+        except Exception as exc:
+            log.warning("shadow evidence not written: %s", exc)
+            return False
         return True
 
     # -- the request side -------------------------------------------------------------
@@ -250,12 +256,54 @@ class ShadowComparer:
                 if job is None:
                     return
                 self._run(job)
-            except Exception as exc:
-                if job is not None:
-                    COMPARISONS.labels(job.entity.name, job.stage.value, "error").inc()
-                log.warning("shadow comparison failed: %s", exc)
             finally:
                 self._queue.task_done()
+
+    def _run(self, job: _Job) -> None:
+        """Compare, count the outcome (Prometheus and evidence), record the mismatches."""
+        entity = job.entity.name
+        try:
+            diffs = self._compare(job)
+        except Exception as exc:
+            COMPARISONS.labels(entity, job.stage.value, "error").inc()
+            self._count(job, Counts(errors=1))
+            log.warning("shadow comparison failed: %s", exc)
+            return
+        if not diffs:
+            COMPARISONS.labels(entity, job.stage.value, "same").inc()
+            self._count(job, Counts(comparisons=1))
+            return
+        COMPARISONS.labels(entity, job.stage.value, "mismatch").inc()
+        self._count(job, Counts(comparisons=1, mismatches=1, mismatched_items=len(diffs)))
+        self._record(job, diffs)
+
+    def _count(self, job: _Job, counts: Counts) -> None:
+        self.evidence.count(job.entity.name, job.client_id, job.stage.value, counts)
+
+    def _record(
+        self, job: _Job, diffs: dict[str, tuple[str, list[str], Row | None, Row | None]]
+    ) -> None:
+        """Each differing item, as a record in the SQL store and a Prometheus count."""
+        entity = job.entity.name
+        records = [
+            Mismatch(
+                entity,
+                job.client_id,
+                key,
+                kind,
+                fields,
+                old.version if old else None,
+                new.version if new else None,
+                job.stage.value,
+            )
+            for key, (kind, fields, old, new) in diffs.items()
+        ]
+        for m in records:
+            MISMATCH_COUNT.labels(entity, m.kind).inc()
+        try:
+            self._recorder.record(records)
+        except Exception as exc:  # counted above; only the details are lost
+            log.warning("shadow mismatches of %s not recorded: %s", job.client_id, exc)
 
     def _other_rows(self, job: _Job, other: StoreName) -> dict[str, Row]:
         if job.key is not None:
@@ -280,7 +328,8 @@ class ShadowComparer:
                 out[key] = (*diff, old, new)
         return out
 
-    def _run(self, job: _Job) -> None:
+    def _compare(self, job: _Job) -> dict[str, tuple[str, list[str], Row | None, Row | None]]:
+        """The differences that persist after the re-check (empty: the stores agree)."""
         other_name: StoreName = "new" if job.served == "old" else "old"
         diffs = self._diffs(job, job.rows, self._other_rows(job, other_name))
         if diffs:
@@ -289,24 +338,4 @@ class ShadowComparer:
             served_now = self._reads.rows_for(job.served, job.entity, job.client_id, keys)
             other_now = self._reads.rows_for(other_name, job.entity, job.client_id, keys)
             diffs = self._diffs(job, served_now, other_now)
-        entity = job.entity.name
-        if not diffs:
-            COMPARISONS.labels(entity, job.stage.value, "same").inc()
-            return
-        COMPARISONS.labels(entity, job.stage.value, "mismatch").inc()
-        records = [
-            Mismatch(
-                entity,
-                job.client_id,
-                key,
-                kind,
-                fields,
-                old.version if old else None,
-                new.version if new else None,
-                job.stage.value,
-            )
-            for key, (kind, fields, old, new) in diffs.items()
-        ]
-        for m in records:
-            MISMATCH_COUNT.labels(entity, m.kind).inc()
-        self._recorder.record(records)
+        return diffs

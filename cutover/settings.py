@@ -71,6 +71,21 @@ class Settings(BaseSettings):
 
     # Cutover gate: how old a clean verification may be before `flags set ... new`.
     gate_max_verification_age_s: int = 24 * 3600
+    # Cutover gate: the shadow evidence `new` needs per client (flags.evidence).
+    gate_min_shadow_comparisons: int = Field(
+        100,
+        ge=0,
+        description="Shadow comparisons a client needs in the window before `new` (0: none).",
+    )
+    gate_max_shadow_mismatch_rate: float = Field(
+        0.001,
+        ge=0.0,
+        le=1.0,
+        description="Largest share of a client's comparisons that may mismatch (1: any).",
+    )
+    gate_shadow_window_s: int = Field(
+        7 * 86400, ge=60, description="How far back shadow evidence counts (whole buckets)."
+    )
 
     # Reads and shadow comparison (the read service).
     shadow_sample_rate: float = Field(
@@ -96,6 +111,15 @@ class Settings(BaseSettings):
         ge=0.0,
         le=30.0,
         description="A difference is re-read after this delay and recorded only if it persists.",
+    )
+    shadow_evidence_flush_s: float = Field(
+        5.0,
+        gt=0.0,
+        le=300.0,
+        description="How often each process adds its comparison counts to the SQL store.",
+    )
+    shadow_evidence_bucket_s: int = Field(
+        3600, ge=60, le=86400, description="Time bucket of the counts: a window's resolution."
     )
     read_default_limit: int = Field(100, ge=1, description="Items per page when none is asked.")
     read_max_limit: int = Field(1000, ge=1, description="Largest page a caller may ask for.")

@@ -1,6 +1,7 @@
-"""The flags area's bookkeeping tables: stage-change audit and shadow mismatches.
+"""The flags area's bookkeeping tables: stage-change audit, shadow mismatches and
+shadow evidence (comparison counts per client and time bucket).
 
-Both live in the SQL store next to the entity tables, so the audit survives the
+All live in the SQL store next to the entity tables, so the audit survives the
 migration and the console reads mismatches with the same connection as everything else.
 """
 
@@ -51,4 +52,28 @@ MISMATCHES = Table(
     ),
 )
 
-TABLES = (AUDIT, MISMATCHES)
+#: Shadow comparisons and their outcomes per entity, client, stage and time bucket,
+#: added to by every API process (:mod:`flags.evidence`); the gate sums a window.
+EVIDENCE = Table(
+    "cutover_shadow_evidence",
+    (
+        Col("entity", "key", 128, nullable=False),
+        Col("client_id", "key", 255, nullable=False),
+        #: The stage the compared reads were served at (shadow or new).
+        Col("stage", "key", 16, nullable=False),
+        #: Start of the bucket (UTC, a multiple of its length since the epoch).
+        Col("bucket_start", "datetime", nullable=False),
+        Col("comparisons", "int", nullable=False),
+        #: Comparisons that found at least one difference persisting after the re-check.
+        Col("mismatches", "int", nullable=False),
+        #: Items (keys) that differed, over those comparisons.
+        Col("mismatched_items", "int", nullable=False),
+        #: Comparisons that could not run (a store failed): evidence neither way.
+        Col("errors", "int", nullable=False),
+        Col("updated_at", "datetime", nullable=False),
+    ),
+    ("entity", "client_id", "stage", "bucket_start"),
+    (("ix_cutover_shadow_evidence_time", ("bucket_start",)),),
+)
+
+TABLES = (AUDIT, MISMATCHES, EVIDENCE)

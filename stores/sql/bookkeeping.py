@@ -91,6 +91,53 @@ def count_by(
     return {dialect.from_db(kind, rec[0]): int(rec[1]) for rec in cur.fetchall()}
 
 
+def sum_by(
+    cur: Any,
+    dialect: Dialect,
+    table: Table,
+    group: Sequence[str],
+    sums: Sequence[str],
+    where: Mapping[str, Any],
+    *,
+    extra: str = "",
+    extra_params: Sequence[Any] = (),
+) -> dict[tuple[Any, ...], tuple[int, ...]]:
+    """``SELECT group..., SUM(s)... GROUP BY group...`` as ``{group values: sums}``.
+
+    Integer sums (``COALESCE(SUM(s), 0)``); with no ``group``, one total keyed ``()``.
+    """
+    q = dialect.quote
+    cond, params = _where(dialect, table, where)
+    if extra:
+        cond += f" AND ({extra})"
+        params.extend(extra_params)
+    picks = [q(g) for g in group] + [f"COALESCE(SUM({q(s)}), 0)" for s in sums]
+    sql = f"SELECT {', '.join(picks)} FROM {q(table.name)} WHERE {cond}"
+    if group:
+        sql += " GROUP BY " + ", ".join(q(g) for g in group)
+    cur.execute(sql, params)
+    kinds = [table.col(g).kind for g in group]
+    n = len(group)
+    return {
+        tuple(dialect.from_db(k, v) for k, v in zip(kinds, rec[:n], strict=True)): tuple(
+            int(v) for v in rec[n:]
+        )
+        for rec in cur.fetchall()
+    }
+
+
+def in_list(
+    dialect: Dialect, table: Table, column: str, values: Sequence[Any]
+) -> tuple[str, list[Any]]:
+    """``column IN (?, ...)`` and its parameters, for ``extra=`` (callers bound the count:
+    SQL Server takes at most 2,100 parameters per statement)."""
+    if not values:
+        return "1 = 0", []
+    kind = table.col(column).kind
+    marks = ", ".join("?" for _ in values)
+    return f"{dialect.quote(column)} IN ({marks})", [dialect.to_db(kind, v) for v in values]
+
+
 def insert_sql(dialect: Dialect, table: Table, values: Mapping[str, Any]) -> tuple[str, list[Any]]:
     """An INSERT of one row (statement, parameters); ``values`` maps columns to values."""
     q = dialect.quote
@@ -161,8 +208,19 @@ def update(
     return int(cur.rowcount or 0)
 
 
-def delete(cur: Any, dialect: Dialect, table: Table, where: Mapping[str, Any]) -> int:
+def delete(
+    cur: Any,
+    dialect: Dialect,
+    table: Table,
+    where: Mapping[str, Any],
+    *,
+    extra: str = "",
+    extra_params: Sequence[Any] = (),
+) -> int:
     cond, params = _where(dialect, table, where)
+    if extra:
+        cond += f" AND ({extra})"
+        params.extend(extra_params)
     cur.execute(f"DELETE FROM {dialect.quote(table.name)} WHERE {cond}", params)
     return int(cur.rowcount or 0)
 

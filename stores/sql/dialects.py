@@ -9,7 +9,7 @@ the T-SQL that runs in production is the same text the golden tests check offlin
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -135,6 +135,29 @@ class Dialect:
             return f"{sql} OFFSET 0 ROWS FETCH NEXT {int(n)} ROWS ONLY"
         return f"{sql} LIMIT {int(n)}"
 
+    def delete_some(
+        self, table: str, key: Sequence[str], cond: str, params: Sequence[Any], n: int
+    ) -> tuple[str, list[Any]]:
+        """A DELETE of at most ``n`` rows matching ``cond`` (a WHERE condition with ``?``
+        markers for ``params``), as (statement, parameters): callers delete a large set
+        in short transactions, one such statement each, until fewer than ``n`` go.
+
+        T-SQL has ``DELETE TOP (n)``. PostgreSQL has no DELETE limit and SQLite only
+        when compiled for it, so they delete the rows whose primary key ``key`` is among
+        ``n`` matching ones; ``cond`` is checked again on the rows deleted, so a row
+        changed meanwhile by another transaction (PostgreSQL re-reads it) is left alone
+        when it no longer matches.
+        """
+        q = self.quote
+        if self.name == "mssql":
+            return f"DELETE TOP ({int(n)}) FROM {q(table)} WHERE {cond}", list(params)
+        keys = ", ".join(q(k) for k in key)
+        picked = f"SELECT {keys} FROM {q(table)} WHERE {cond} LIMIT {int(n)}"
+        return (
+            f"DELETE FROM {q(table)} WHERE {cond} AND ({keys}) IN ({picked})",
+            [*params, *params],
+        )
+
     def json_converter(self, kind: ColumnType | InternalType) -> Callable[[Any], Any] | None:
         """How a non-null value of ``kind`` travels in the JSON batch of :meth:`upsert`;
         None when it travels as it is.
@@ -190,9 +213,98 @@ class Dialect:
         """
         q = self.quote
         names = [q(c) for c, _ in columns]
+        newer = "{t}.{v} < {s}.{v} OR ({t}.{v} = {s}.{v} AND {t}.{d} < {s}.{d})"
+        source = self._batch_source(columns, stamp)
+        if self.name == "mssql":
+            sets = ", ".join(f"t.{n} = s.{n}" for n in names if n != q(key))
+            cond = newer.format(t="t", s="s", v=q(version), d=q(deleted))
+            return (
+                f"MERGE INTO {q(table)} WITH (HOLDLOCK) AS t\n"
+                f"USING ({source}) AS s\n"
+                f"ON t.{q(key)} = s.{q(key)}\n"
+                f"WHEN MATCHED AND ({cond}) THEN\n"
+                f"  UPDATE SET {sets}\n"
+                f"WHEN NOT MATCHED BY TARGET THEN\n"
+                f"  INSERT ({', '.join(names)}) VALUES ({', '.join('s.' + n for n in names)});"
+            )
+        sets = ", ".join(f"{n} = excluded.{n}" for n in names if n != q(key))
+        cond = newer.format(t=q(table), s="excluded", v=q(version), d=q(deleted))
+        return (
+            f"INSERT INTO {q(table)} ({', '.join(names)})\n"
+            f"{source}\n"
+            f"ON CONFLICT ({q(key)}) DO UPDATE SET {sets}\n"
+            f"WHERE {cond}"
+        )
+
+    def increment_upsert(
+        self,
+        table: str,
+        keys: list[tuple[str, ColumnType | InternalType]],
+        counters: list[str],
+        *,
+        stamp: str,
+    ) -> str:
+        """Add a batch of counts to the rows of their keys (a row missing is inserted).
+
+        Parameters as for :meth:`upsert`: the write time (to column ``stamp``), then the
+        batch as JSON, one array per row holding the ``keys`` values, then the
+        ``counters`` (integers), in that order. Keys must be unique within a batch.
+
+        Each row's counters become ``stored + given`` in one statement, so increments
+        from any number of processes add up, none lost, whatever the interleaving:
+        SQL Server's ``MERGE ... WITH (HOLDLOCK)`` holds the key range from the match
+        to the insert (without it two sessions may both miss and both insert);
+        PostgreSQL's and SQLite's ``ON CONFLICT ... DO UPDATE`` update the row a
+        concurrent insert created (SQLite also serialises writers). Callers send keys in
+        one order (sorted), so two batches lock their rows in the same order.
+        """
+        q = self.quote
+        columns = [*keys, *((c, "int") for c in counters), (stamp, "datetime")]
+        names = [q(c) for c, _ in columns]
+        key_names = [q(c) for c, _ in keys]
+        source = self._batch_source(columns, stamp)
+        if self.name == "mssql":
+            sets = ", ".join(
+                [
+                    *(f"t.{q(c)} = t.{q(c)} + s.{q(c)}" for c in counters),
+                    f"t.{q(stamp)} = s.{q(stamp)}",
+                ]
+            )
+            return (
+                f"MERGE INTO {q(table)} WITH (HOLDLOCK) AS t\n"
+                f"USING ({source}) AS s\n"
+                f"ON {' AND '.join(f't.{k} = s.{k}' for k in key_names)}\n"
+                f"WHEN MATCHED THEN\n"
+                f"  UPDATE SET {sets}\n"
+                f"WHEN NOT MATCHED BY TARGET THEN\n"
+                f"  INSERT ({', '.join(names)}) VALUES ({', '.join('s.' + n for n in names)});"
+            )
+        sets = ", ".join(
+            [
+                *(f"{q(c)} = {q(table)}.{q(c)} + excluded.{q(c)}" for c in counters),
+                f"{q(stamp)} = excluded.{q(stamp)}",
+            ]
+        )
+        return (
+            f"INSERT INTO {q(table)} ({', '.join(names)})\n"
+            f"{source}\n"
+            f"ON CONFLICT ({', '.join(key_names)}) DO UPDATE SET {sets}"
+        )
+
+    def _batch_source(
+        self, columns: list[tuple[str, ColumnType | InternalType]], stamp: str
+    ) -> str:
+        """The ``SELECT`` of a JSON batch's rows, one value per column of ``columns``.
+
+        Column ``stamp`` is the first parameter (the write time, the same for every
+        row); every other column is read from the second parameter, the batch: an array
+        of arrays holding those columns' values in ``columns`` order (see
+        :meth:`json_converter`), unpacked by the server (``OPENJSON ... WITH``,
+        ``jsonb_array_elements``, ``json_each``).
+        """
+        q = self.quote
         carried = [(c, k) for c, k in columns if c != stamp]  # in the JSON, in this order
         at = {c: i for i, (c, _) in enumerate(carried)}
-        newer = "{t}.{v} < {s}.{v} OR ({t}.{v} = {s}.{v} AND {t}.{d} < {s}.{d})"
         time_param = f"CAST(? AS {self.column_type('datetime')})"
         if self.name == "mssql":
             shape = ",\n    ".join(
@@ -202,36 +314,18 @@ class Dialect:
             picks = ", ".join(
                 f"{time_param} AS {q(c)}" if c == stamp else f"j.{q(c)}" for c, _ in columns
             )
-            sets = ", ".join(f"t.{n} = s.{n}" for n in names if n != q(key))
-            cond = newer.format(t="t", s="s", v=q(version), d=q(deleted))
-            return (
-                f"MERGE INTO {q(table)} WITH (HOLDLOCK) AS t\n"
-                f"USING (SELECT {picks}\nFROM OPENJSON(?) WITH (\n    {shape}\n) AS j) AS s\n"
-                f"ON t.{q(key)} = s.{q(key)}\n"
-                f"WHEN MATCHED AND ({cond}) THEN\n"
-                f"  UPDATE SET {sets}\n"
-                f"WHEN NOT MATCHED BY TARGET THEN\n"
-                f"  INSERT ({', '.join(names)}) VALUES ({', '.join('s.' + n for n in names)});"
-            )
+            return f"SELECT {picks}\nFROM OPENJSON(?) WITH (\n    {shape}\n) AS j"
         if self.name == "postgresql":
             # jsonb: an array element by index is a direct lookup (json would re-parse).
             picks = ", ".join(
                 time_param if c == stamp else _pg_pick(at[c], str(k)) for c, k in columns
             )
-            source = f"SELECT {picks}\nFROM jsonb_array_elements(CAST(? AS jsonb)) AS r"
-        else:  # SQLite: WHERE true resolves the parser's ON CONFLICT / join ambiguity
-            picks = ", ".join(
-                "?" if c == stamp else f"json_extract(value, '$[{at[c]}]')" for c, _ in columns
-            )
-            source = f"SELECT {picks}\nFROM json_each(?) WHERE true"
-        sets = ", ".join(f"{n} = excluded.{n}" for n in names if n != q(key))
-        cond = newer.format(t=q(table), s="excluded", v=q(version), d=q(deleted))
-        return (
-            f"INSERT INTO {q(table)} ({', '.join(names)})\n"
-            f"{source}\n"
-            f"ON CONFLICT ({q(key)}) DO UPDATE SET {sets}\n"
-            f"WHERE {cond}"
+            return f"SELECT {picks}\nFROM jsonb_array_elements(CAST(? AS jsonb)) AS r"
+        # SQLite: WHERE true resolves the parser's ON CONFLICT / join ambiguity
+        picks = ", ".join(
+            "?" if c == stamp else f"json_extract(value, '$[{at[c]}]')" for c, _ in columns
         )
+        return f"SELECT {picks}\nFROM json_each(?) WHERE true"
 
 
 def _pg_pick(at: int, kind: str) -> str:

@@ -20,6 +20,8 @@ from sqlalchemy.dialects import mssql
 from sqlalchemy.dialects.mssql import DATETIME2
 
 from cutover.config import ColumnType, Config
+from flags.evidence import COUNTERS
+from flags.tables import EVIDENCE
 from stores.sql import SqlStore, entity_table, get_dialect
 from stores.sql.schema import SCHEMA_TABLE, add_column_sql, create_table_sql
 
@@ -45,7 +47,25 @@ def _statements(config: Config) -> dict[str, str]:
             stamp="_updated_at",
         ),
         "page_orders": page,
+        "create_shadow_evidence": "\nGO\n".join(create_table_sql(TSQL, EVIDENCE)),
+        "increment_shadow_evidence": TSQL.increment_upsert(
+            EVIDENCE.name,
+            [(n, EVIDENCE.col(n).kind) for n in EVIDENCE.primary_key],
+            list(COUNTERS),
+            stamp="updated_at",
+        ),
     }
+
+
+STATEMENTS = [
+    "create_orders",
+    "create_schema_table",
+    "add_column",
+    "upsert_orders",
+    "page_orders",
+    "create_shadow_evidence",
+    "increment_shadow_evidence",
+]
 
 
 def _named_params(sql: str) -> str:
@@ -54,10 +74,7 @@ def _named_params(sql: str) -> str:
     return re.sub(r"\?", lambda _: f"@p{next(n)}", sql)
 
 
-@pytest.mark.parametrize(
-    "name",
-    ["create_orders", "create_schema_table", "add_column", "upsert_orders", "page_orders"],
-)
+@pytest.mark.parametrize("name", STATEMENTS)
 def test_generated_tsql_matches_golden_file(config: Config, name: str) -> None:
     sql = _statements(config)[name].strip() + "\n"
     path = GOLDEN / f"mssql_{name}.sql"
@@ -67,10 +84,7 @@ def test_generated_tsql_matches_golden_file(config: Config, name: str) -> None:
     assert sql == path.read_text(encoding="utf-8")
 
 
-@pytest.mark.parametrize(
-    "name",
-    ["create_orders", "create_schema_table", "add_column", "upsert_orders", "page_orders"],
-)
+@pytest.mark.parametrize("name", STATEMENTS)
 def test_generated_tsql_parses_as_tsql(config: Config, name: str) -> None:
     for batch in _statements(config)[name].split("\nGO\n"):
         sqlfluff.parse(_named_params(batch) + "\n", dialect="tsql")  # raises when unparsable
@@ -87,6 +101,19 @@ def test_upsert_binds_two_parameters_whatever_the_batch(config: Config) -> None:
     assert sql.count("?") == 2  # the write time, then the batch
     assert sql.index("CAST(? AS DATETIME2(6))") < sql.index("OPENJSON(?)")
     assert "WITH (HOLDLOCK)" in sql
+
+
+def test_evidence_increment_adds_to_stored_counts_under_a_range_lock(config: Config) -> None:
+    """Two parameters (time, batch); every counter becomes stored + given; the key range
+    stays locked from the match to the insert (HOLDLOCK), so concurrent first counts of
+    one key cannot both insert."""
+    sql = _statements(config)["increment_shadow_evidence"]
+    assert sql.count("?") == 2
+    assert "MERGE INTO [cutover_shadow_evidence] WITH (HOLDLOCK) AS t" in sql
+    for counter in COUNTERS:
+        assert f"t.[{counter}] = t.[{counter}] + s.[{counter}]" in sql
+    on = sql.split("\nON ", 1)[1].split("\n", 1)[0]
+    assert on == " AND ".join(f"t.[{k}] = s.[{k}]" for k in EVIDENCE.primary_key)
 
 
 @pytest.mark.parametrize(
