@@ -12,7 +12,7 @@ from typing import Protocol
 from cutover.config import ConfigError
 from cutover.settings import Settings
 
-from .stages import EntityFlags, Stage
+from .stages import EntityFlags, Stage, StageRule
 
 
 class FlagBackend(Protocol):
@@ -28,16 +28,24 @@ class FlagBackend(Protocol):
     def read(self, entity: str) -> EntityFlags:
         """Both stage flags of an entity as they are now."""
 
-    def write(self, entity: str, stage: Stage, ids: Iterable[str]) -> None:
-        """Make ``ids`` exactly the clients of the entity's ``stage`` flag.
+    def list_limit(self) -> int:
+        """How many ids one list (a constraint's values) may hold on this backend."""
 
-        An empty set switches the flag off and removes its strategy; a non-empty one
-        is written before the flag is switched on, and a flag with any unconstrained
-        strategy is never switched on.
+    def apply(self, entity: str, stage: Stage, rule: StageRule) -> None:
+        """Make ``rule`` exactly what the entity's ``stage`` flag holds.
+
+        The strategies are written before the flag is switched on, and a flag with a
+        foreign strategy (one that may switch every client) is never switched on; a
+        rule that switches nobody switches the flag off first, then removes what it
+        no longer needs. A list over :meth:`list_limit` is refused (ListLimitError).
         """
 
+    def write(self, entity: str, stage: Stage, ids: Iterable[str]) -> None:
+        """Make ``ids`` exactly the stage's pilot list, keeping its cohort."""
+
     def kill(self, entity: str) -> None:
-        """Switch both flags off at once (every client reads ``old``), then clear them."""
+        """Switch both flags off at once (every client reads ``old``), then clear them
+        (pilot lists, cohorts and exceptions)."""
 
     def close(self) -> None: ...
 

@@ -1,11 +1,12 @@
 """The embedded default: stage flags in a local JSON file, no Unleash server needed.
 
 The file holds exactly what Unleash's ``/api/client/features`` would return for the
-same flags, so the API evaluates it with the same ``UnleashClient`` SDK (offline, from
-a bootstrap) and the same rules apply: a flag is on only with a ``clientId IN``
-strategy, an empty list means off with no strategy. Writers take an exclusive lock and
-replace the file atomically, so a reader never sees half a file and two CLI commands
-never lose each other's change.
+same flags (pilot list and cohort strategies, :mod:`flags.stages`), so the API
+evaluates it with the same ``UnleashClient`` SDK (offline, from a bootstrap) and the
+same rules apply, limits included (the server's default of 250 ids per list): a flag
+is on only when its rule switches someone, an empty rule means off with no strategy.
+Writers take an exclusive lock and replace the file atomically, so a reader never
+sees half a file and two CLI commands never lose each other's change.
 """
 
 from __future__ import annotations
@@ -22,11 +23,14 @@ from typing import Any
 from cutover.settings import Settings
 
 from .stages import (
+    DEFAULT_LIST_LIMIT,
     FLAGGED,
     EntityFlags,
     FlagError,
     FlagState,
     Stage,
+    StageRule,
+    StageRules,
     describe,
     feature,
     flag_name,
@@ -115,7 +119,7 @@ class FileBackend:
                     flag = flag_name(entity, stage)
                     if self._find(data, flag) is None:
                         data["features"].append(
-                            feature(flag, [], description=describe(entity, stage))
+                            feature(flag, StageRule(), description=describe(entity, stage))
                         )
             data["features"].sort(key=lambda f: str(f.get("name")))
 
@@ -135,26 +139,39 @@ class FileBackend:
             self._state(data, flag_name(entity, Stage.NEW)),
         )
 
-    def write(self, entity: str, stage: Stage, ids: Iterable[str]) -> None:
+    def list_limit(self) -> int:
+        """Ids per list: Unleash's default, so a file-backed rehearsal meets the same limit."""
+        return DEFAULT_LIST_LIMIT
+
+    def apply(self, entity: str, stage: Stage, rule: StageRule) -> None:
         flag = flag_name(entity, stage)
-        wanted = sorted(set(ids))
+        # The server refuses a longer list (400); the file refuses it the same way.
+        StageRules(entity).with_rule(stage, rule).check_limits(self.list_limit(), changed=[stage])
         with self._locked() as data:
             current = self._find(data, flag)
-            if current is not None and self._state(data, flag).unconstrained and wanted:
+            if current is not None and self._state(data, flag).foreign and rule.switches_anyone:
                 raise FlagError(
                     f"refusing to switch {flag} on: the flag file gives it a strategy "
                     "without a clientId constraint, which would switch every client"
                 )
-            replacement = feature(flag, wanted, description=describe(entity, stage))
-            data["features"] = [f for f in data["features"] if f.get("name") != flag]
-            data["features"].append(replacement)
-            data["features"].sort(key=lambda f: str(f.get("name")))
+            self._replace(data, flag, feature(flag, rule, description=describe(entity, stage)))
+
+    def write(self, entity: str, stage: Stage, ids: Iterable[str]) -> None:
+        """Make ``ids`` exactly the stage's pilot list, keeping its cohort."""
+        rule = self.read(entity).flag(stage).rule
+        self.apply(entity, stage, StageRule(frozenset(ids), rule.percent, rule.excepted))
+
+    @staticmethod
+    def _replace(data: dict[str, Any], flag: str, replacement: dict[str, Any]) -> None:
+        data["features"] = [f for f in data["features"] if f.get("name") != flag]
+        data["features"].append(replacement)
+        data["features"].sort(key=lambda f: str(f.get("name")))
 
     def kill(self, entity: str) -> None:
         # One atomic file replacement: both flags go off together.
         with self._locked() as data:
             for stage in FLAGGED:
                 flag = flag_name(entity, stage)
-                data["features"] = [f for f in data["features"] if f.get("name") != flag]
-                data["features"].append(feature(flag, [], description=describe(entity, stage)))
-            data["features"].sort(key=lambda f: str(f.get("name")))
+                self._replace(
+                    data, flag, feature(flag, StageRule(), description=describe(entity, stage))
+                )

@@ -3,12 +3,14 @@
 The gate reads the backfill ledger (``backfill.ledger.client_status``) through a small
 protocol, so it works before that module exists: without it every client is "not
 verified" and ``set ... new`` is refused (``--force`` overrides, and is audited).
-Each refusal names the one condition that failed and what to run next.
+Each refusal names the one condition that failed and what to run next. A bulk move
+(a cohort step) is checked client by client with :meth:`Gate.check_many`, which reads
+the whole ledger of the entity once.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Protocol
@@ -34,6 +36,8 @@ class LedgerEntry(Protocol):
 
 
 LedgerReader = Callable[[SqlStore, str, str], LedgerEntry | None]
+#: Every entry of an entity at once, by client id.
+LedgerBulkReader = Callable[[SqlStore, str], Mapping[str, LedgerEntry]]
 
 
 def default_ledger_reader() -> LedgerReader:
@@ -43,8 +47,28 @@ def default_ledger_reader() -> LedgerReader:
     return client_status
 
 
+def ledger_by_client(store: SqlStore, entity: str) -> dict[str, LedgerEntry]:
+    """The backfill ledger of one entity, by client id, in one read."""
+    from backfill.ledger import entries
+
+    return {e.client: e for e in entries(store, entity)}
+
+
 class GateRefused(RuntimeError):
     """``set ... new`` was refused; the message says which condition failed."""
+
+
+class BulkGateRefused(GateRefused):
+    """A cohort step was refused: some clients it would switch to ``new`` fail the gate.
+
+    ``blocked`` holds every one of them with its reason (in id order); ``path`` the
+    file they were all written to.
+    """
+
+    def __init__(self, message: str, blocked: list[tuple[str, str]], path: object) -> None:
+        super().__init__(message)
+        self.blocked = blocked
+        self.path = path
 
 
 @dataclass(frozen=True)
@@ -111,13 +135,37 @@ def decide(
 
 
 class Gate:
-    """The gate over one SQL store, with the ledger reader found at construction."""
+    """The gate over one SQL store, with the ledger reader found at construction.
 
-    def __init__(self, store: SqlStore, max_age_s: int, reader: LedgerReader | None = None) -> None:
+    A per-client ``reader`` given alone is used for bulk checks too (one read per
+    client); otherwise bulk checks read the entity's ledger once.
+    """
+
+    def __init__(
+        self,
+        store: SqlStore,
+        max_age_s: int,
+        reader: LedgerReader | None = None,
+        bulk_reader: LedgerBulkReader | None = None,
+    ) -> None:
         self._store = store
         self._max_age_s = max_age_s
         self._reader = reader or default_ledger_reader()
+        self._bulk = bulk_reader or (None if reader else ledger_by_client)
+
+    def _decide(
+        self, entry: LedgerEntry | None, entity: str, client_id: str, now: datetime
+    ) -> GateDecision:
+        return decide(entry, entity=entity, client_id=client_id, now=now, max_age_s=self._max_age_s)
 
     def check(self, entity: str, client_id: str, now: datetime) -> GateDecision:
-        entry = self._reader(self._store, entity, client_id)
-        return decide(entry, entity=entity, client_id=client_id, now=now, max_age_s=self._max_age_s)
+        return self._decide(self._reader(self._store, entity, client_id), entity, client_id, now)
+
+    def check_many(
+        self, entity: str, clients: Iterable[str], now: datetime
+    ) -> dict[str, GateDecision]:
+        """Each client's decision, exactly as :meth:`check` would give it."""
+        if self._bulk is None:
+            return {c: self.check(entity, c, now) for c in clients}
+        ledger = self._bulk(self._store, entity)
+        return {c: self._decide(ledger.get(c), entity, c, now) for c in clients}

@@ -29,6 +29,31 @@ AUDIT = Table(
     (("ix_cutover_flag_audit_client", ("entity", "client_id", "at")),),
 )
 
+#: Each change of a cohort's percentage (``cutover flags cohort``, kill): the audited
+#: percentages that status compares with what the flags hold. The clients a step
+#: switched are in AUDIT too, one row each.
+COHORT_STEPS = Table(
+    "cutover_flag_cohort_steps",
+    (
+        Col("id", "key", 36, nullable=False),
+        Col("entity", "key", 128, nullable=False),
+        Col("stage", "key", 16, nullable=False),
+        Col("from_percent", "int", nullable=False),
+        Col("to_percent", "int", nullable=False),
+        #: Known clients whose stage the step changed, and how many failed the gate.
+        Col("switched", "int", nullable=False),
+        Col("blocked", "int", nullable=False),
+        Col("actor", "string", 255, nullable=False),
+        Col("reason", "text"),
+        Col("forced", "bool", nullable=False),
+        Col("gate", "text"),
+        Col("backend", "key", 16, nullable=False),
+        Col("at", "datetime", nullable=False),
+    ),
+    ("id",),
+    (("ix_cutover_flag_cohort_steps_entity", ("entity", "at")),),
+)
+
 MISMATCHES = Table(
     "cutover_shadow_mismatches",
     (
@@ -76,4 +101,4 @@ EVIDENCE = Table(
     (("ix_cutover_shadow_evidence_time", ("bucket_start",)),),
 )
 
-TABLES = (AUDIT, MISMATCHES, EVIDENCE)
+TABLES = (AUDIT, COHORT_STEPS, MISMATCHES, EVIDENCE)

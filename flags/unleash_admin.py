@@ -4,12 +4,17 @@ Product teams see and edit the same flags in Unleash's UI, so every write assume
 human may have changed things in between and re-reads before it decides. Unleash's
 traps, and what is done about each:
 
-* a flag switched on with no strategy (or with a strategy that does not constrain
-  ``clientId``) is on for EVERY client: the constrained strategy is written first, the
-  environment is switched on only after a re-read shows every active strategy is
-  constrained, and a loose strategy makes the write fail instead;
-* an empty id list is rejected (400): removing the last client switches the
-  environment off first, then deletes the strategy;
+* a flag switched on with no strategy (or with a strategy cutover does not manage,
+  :mod:`flags.stages`) is on for EVERY client: strategies are written before the
+  environment is switched on, only after a re-read shows no foreign strategy, and
+  strategies are added before others are deleted, so an enabled flag never has none;
+  a foreign strategy makes the write fail instead;
+* an empty id list is rejected (400): a rule with no pilot list has no pilot
+  strategy, one with no exception has a cohort without constraint, and a rule that
+  switches nobody switches the environment off first, then deletes what it no longer
+  needs;
+* lists are limited (250 values per constraint by default): the limit is read from
+  the server's UI config and checked before anything is written;
 * ids match exactly: values are sent verbatim with ``caseInsensitive: false``;
 * a hung server: every call has the configured timeout and fails with a FlagError.
 """
@@ -27,11 +32,17 @@ from cutover.settings import Settings
 
 from .stages import (
     CONTEXT_FIELD,
+    DEFAULT_LIST_LIMIT,
     FLAGGED,
     EntityFlags,
     FlagError,
     FlagState,
     Stage,
+    StageRule,
+    StageRules,
+    cohort_group,
+    cohort_of,
+    cohort_strategy,
     constrained_ids,
     describe,
     flag_name,
@@ -57,6 +68,7 @@ class UnleashAdmin:
         self.project = project
         self.environment = environment
         self._token = admin_token
+        self._limit: int | None = None
         self._http = httpx.Client(
             base_url=self.url,
             headers={"Authorization": admin_token, "Content-Type": "application/json"},
@@ -114,10 +126,18 @@ class UnleashAdmin:
                 json={
                     "name": CONTEXT_FIELD,
                     "description": "The product's client (tenant) id; cutover read stages "
-                    "are constrained on it. Values match exactly.",
-                    "stickiness": False,
+                    "are constrained and bucketed (cohorts) on it. Values match exactly.",
+                    "stickiness": True,
                 },
                 ok=(200, 201, 409),
+            )
+        elif not found.json().get("stickiness"):
+            # The UI offers a field as a cohort's stickiness only when it is marked so.
+            self._call(
+                "PUT",
+                f"/api/admin/context/{CONTEXT_FIELD}",
+                json={**found.json(), "stickiness": True},
+                ok=(200, 204),
             )
         for entity in entities:
             for stage in FLAGGED:
@@ -149,49 +169,69 @@ class UnleashAdmin:
         new, _ = self._flag(flag_name(entity, Stage.NEW))
         return EntityFlags(entity, shadow, new)
 
+    def list_limit(self) -> int:
+        """The server's values-per-constraint limit (its UI config), 250 if not shown."""
+        if self._limit is None:
+            body = self._call("GET", "/api/admin/ui-config").json()
+            try:
+                self._limit = int(body["resourceLimits"]["constraintValues"])
+            except (KeyError, TypeError, ValueError):
+                self._limit = DEFAULT_LIST_LIMIT
+        return self._limit
+
     # -- writes -----------------------------------------------------------------------
     def _switch(self, flag: str, on: bool) -> None:
         self._call("POST", f"{self._env_path(flag)}/{'on' if on else 'off'}", ok=(200, 201, 204))
 
-    def write(self, entity: str, stage: Stage, ids: Iterable[str]) -> None:
+    def _delete(self, flag: str, strat: dict[str, Any]) -> None:
+        self._call("DELETE", f"{self._env_path(flag)}/strategies/{strat['id']}", ok=(200, 204, 404))
+
+    def _put(self, flag: str, existing: list[dict[str, Any]], body: dict[str, Any]) -> None:
+        if existing:
+            self._call("PUT", f"{self._env_path(flag)}/strategies/{existing[0]['id']}", json=body)
+        else:
+            self._call("POST", f"{self._env_path(flag)}/strategies", json=body)
+
+    def apply(self, entity: str, stage: Stage, rule: StageRule) -> None:
         flag = flag_name(entity, stage)
-        wanted = sorted(set(ids))
+        StageRules(entity).with_rule(stage, rule).check_limits(self.list_limit(), changed=[stage])
         state, strategies = self._flag(flag)
         if not state.exists:
             self.ensure([entity])
             state, strategies = self._flag(flag)
-        ours = [s for s in strategies if not s.get("disabled") and constrained_ids(s) is not None]
-        if not wanted:
-            # Off first: an environment with no strategy left must never be on.
-            if state.enabled:
-                self._switch(flag, False)
-            for strat in ours:
-                self._call(
-                    "DELETE", f"{self._env_path(flag)}/strategies/{strat['id']}", ok=(200, 204, 404)
-                )
-            return
-        body = strategy(flag, wanted)
-        if ours:
-            self._call("PUT", f"{self._env_path(flag)}/strategies/{ours[0]['id']}", json=body)
-            for extra in ours[1:]:  # merged into the first one: their ids were in `wanted`
-                self._call(
-                    "DELETE", f"{self._env_path(flag)}/strategies/{extra['id']}", ok=(200, 204, 404)
-                )
-        else:
-            self._call("POST", f"{self._env_path(flag)}/strategies", json=body)
+        if state.foreign and rule.switches_anyone:
+            raise _loose(flag)
+        active = [s for s in strategies if not s.get("disabled")]
+        pilots = [s for s in active if constrained_ids(s) is not None]
+        group = cohort_group(entity)
+        cohorts = [
+            s for s in active if constrained_ids(s) is None and cohort_of(s, group) is not None
+        ][:1]
+        if state.enabled and not rule.switches_anyone:
+            self._switch(flag, False)  # off first: a flag left with no strategy must be off
+        # Writes before deletes: an enabled flag never has zero strategies (= everyone).
+        if rule.pilot:
+            self._put(flag, pilots, strategy(flag, rule.pilot))
+        if rule.has_cohort:
+            self._put(flag, cohorts, cohort_strategy(flag, rule))
+        stale = (pilots[1:] if rule.pilot else pilots) + ([] if rule.has_cohort else cohorts)
+        for strat in stale:  # extra pilot lists were merged into the first: their ids are in
+            self._delete(flag, strat)
         after, _ = self._flag(flag)
-        if after.unconstrained:
+        if after.foreign and rule.switches_anyone:
+            raise _loose(flag)
+        if after.rule != rule:
             raise FlagError(
-                f"refusing to switch {flag} on: it has a strategy without a clientId "
-                "constraint, which would switch every client. Remove it in the Unleash UI."
-            )
-        if after.ids != frozenset(wanted):
-            raise FlagError(
-                f"{flag}: Unleash holds {sorted(after.ids)} after writing {wanted} "
+                f"{flag}: Unleash holds {after.rule.summary()} after writing {rule.summary()} "
                 "(changed concurrently?); run the command again"
             )
-        if not after.enabled:
+        if rule.switches_anyone and not after.enabled:
             self._switch(flag, True)
+
+    def write(self, entity: str, stage: Stage, ids: Iterable[str]) -> None:
+        """Make ``ids`` exactly the stage's pilot list, keeping its cohort."""
+        rule = self.read(entity).flag(stage).rule
+        self.apply(entity, stage, StageRule(frozenset(ids), rule.percent, rule.excepted))
 
     def kill(self, entity: str) -> None:
         flags = [flag_name(entity, s) for s in (Stage.NEW, Stage.SHADOW)]
@@ -199,7 +239,14 @@ class UnleashAdmin:
             if self._call("GET", self._env_path(flag), ok=(200, 404)).status_code == 200:
                 self._switch(flag, False)
         for stage in (Stage.NEW, Stage.SHADOW):
-            self.write(entity, stage, [])
+            self.apply(entity, stage, StageRule())
+
+
+def _loose(flag: str) -> FlagError:
+    return FlagError(
+        f"refusing to switch {flag} on: it has a strategy without a clientId "
+        "constraint, which would switch every client. Remove it in the Unleash UI."
+    )
 
 
 def _message(response: httpx.Response) -> str:

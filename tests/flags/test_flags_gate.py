@@ -150,10 +150,10 @@ def test_cli_gate_refusal_then_force_is_audited(
 
     status = runner.invoke(cli, ["flags", "status", orders], env=env)
     assert status.exit_code == 0, status.output
-    line = next(ln for ln in status.output.splitlines() if "client-001" in ln)
+    line = next(ln for ln in status.output.splitlines() if ln.strip().startswith("client-001"))
     assert "new" in line and "alice" in line and "[forced]" in line
     assert "pilot demo" in line
-    other = next(ln for ln in status.output.splitlines() if "client-000" in ln)
+    other = next(ln for ln in status.output.splitlines() if ln.strip().startswith("client-000"))
     assert " old " in other
 
     back = runner.invoke(

@@ -1,4 +1,5 @@
-"""Stage rules that need no server: naming, id checks, how strategies read as stages."""
+"""Stage rules that need no server: naming, id checks, how strategies read as stages,
+moves, holds and cohorts computed offline."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from flags.stages import (
     FlagError,
     FlagState,
     Stage,
+    StageRule,
     check_client_id,
     constrained_ids,
     feature,
@@ -74,21 +76,23 @@ def test_disabled_strategies_are_ignored() -> None:
 def test_new_wins_over_shadow_and_absence_is_old() -> None:
     flags = EntityFlags(
         "orders",
-        shadow=FlagState("s", True, True, frozenset({"a", "b"})),
-        new=FlagState("n", True, True, frozenset({"b"})),
+        shadow=FlagState("s", True, True, StageRule(frozenset({"a", "b"}))),
+        new=FlagState("n", True, True, StageRule(frozenset({"b"}))),
     )
     assert flags.stage_of("a") is Stage.SHADOW
     assert flags.stage_of("b") is Stage.NEW
     assert flags.stage_of("c") is Stage.OLD
     assert flags.stage_of("A") is Stage.OLD  # exact ids
     off = EntityFlags(
-        "orders", shadow=FlagState("s", True, False, frozenset({"a"})), new=FlagState("n")
+        "orders",
+        shadow=FlagState("s", True, False, StageRule(frozenset({"a"}))),
+        new=FlagState("n"),
     )
     assert off.stage_of("a") is Stage.OLD  # a switched-off flag holds nobody
 
 
 def test_an_empty_feature_is_off_with_no_strategy() -> None:
-    empty = feature("cutover.orders.new", [])
+    empty = feature("cutover.orders.new", StageRule())
     assert empty["enabled"] is False and empty["strategies"] == []
-    on = feature("cutover.orders.new", ["a"])
+    on = feature("cutover.orders.new", StageRule(frozenset({"a"})))
     assert on["enabled"] is True and constrained_ids(on["strategies"][0]) == {"a"}

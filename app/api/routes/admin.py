@@ -28,7 +28,7 @@ from cutover.config import ConfigError
 from cutover.redaction import redact
 from cutover.runtime import Runtime
 from flags.gate import GateRefused
-from flags.stages import ClientIdError, FlagError
+from flags.stages import ClientIdError, FlagError, InputError, ListLimitError
 
 
 def _no_store(response: Response) -> None:
@@ -94,6 +94,18 @@ class Rollback(Action):
     client: str = Field(..., min_length=1, max_length=255, description="Exact client id.")
 
 
+class Hold(Action):
+    client: str = Field(..., min_length=1, max_length=255, description="Exact client id.")
+    stage: Literal["old", "shadow"] = Field("old", description="The stage it is held at.")
+    release: bool = Field(False, description="Drop the client's exceptions instead.")
+
+
+class Cohort(Action):
+    stage: Literal["shadow", "new"]
+    percent: int = Field(..., ge=0, le=100, description="Share of clients, by clientId hash.")
+    dry_run: bool = Field(False, description="Only compute the step and the gate's verdict.")
+
+
 class Kill(Action):
     confirm: str = Field(..., description="The entity's name again, to confirm.")
 
@@ -138,7 +150,7 @@ def get_stages(entity: str, rt: RuntimeDep) -> dict[str, Any]:
 def post_stage(entity: str, body: StageChange, rt: RuntimeDep, who: AdminDep) -> dict[str, Any]:
     """Move one client to a stage. ``new`` passes only the cutover gate (409 with the
     reason otherwise); the gate cannot be overridden here (CLI ``--force`` only)."""
-    with _answers():
+    with _answers(), _stage_refusals():
         return stages.set_stage(
             rt, entity, body.client, body.stage, actor=_actor(body.actor, who), reason=body.reason
         )
@@ -154,6 +166,54 @@ def post_rollback(entity: str, body: Rollback, rt: RuntimeDep, who: AdminDep) ->
             body.client,
             actor=_actor(body.actor, who),
             reason=body.reason or "rollback from the admin API",
+        )
+
+
+@contextmanager
+def _stage_refusals() -> Iterator[None]:
+    """A list over the server's limit is a refusal (409), not a backend failure."""
+    try:
+        yield
+    except ListLimitError as exc:
+        raise _fail(409, "ListLimit", str(exc)) from None
+    except ClientIdError:
+        raise  # InvalidClientId, as on every route
+    except InputError as exc:
+        raise _fail(422, "InvalidInput", str(exc)) from None
+
+
+@admin.post("/flags/{entity}/except")
+def post_except(entity: str, body: Hold, rt: RuntimeDep, who: AdminDep) -> dict[str, Any]:
+    """Hold one client at ``old`` (or ``shadow``) whatever the cohorts do, at any
+    percentage; ``release`` lets it follow the cohorts again (gate applies for ``new``).
+    409 when the exceptions are full (the limit is named)."""
+    with _answers(), _stage_refusals():
+        return stages.hold(
+            rt,
+            entity,
+            body.client,
+            body.stage,
+            release=body.release,
+            actor=_actor(body.actor, who),
+            reason=body.reason,
+        )
+
+
+@admin.post("/flags/{entity}/cohort")
+def post_cohort(entity: str, body: Cohort, rt: RuntimeDep, who: AdminDep) -> dict[str, Any]:
+    """Set the share of clients (by clientId hash) in a stage. A step that switches
+    clients to ``new`` is refused (409) unless every known client it switches passes
+    the gate: the reason says how many block it, names the first ones and the file
+    that lists them all. Never forced here (CLI ``--force`` only)."""
+    with _answers(), _stage_refusals():
+        return stages.cohort(
+            rt,
+            entity,
+            body.stage,
+            body.percent,
+            dry_run=body.dry_run,
+            actor=_actor(body.actor, who),
+            reason=body.reason,
         )
 
 
