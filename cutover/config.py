@@ -132,6 +132,12 @@ class Subscription(_Strict):
     max_outstanding_bytes: int = Field(100 * 1024 * 1024, gt=0)
     batch_size: int = Field(500, gt=0, le=10_000)
     max_batch_latency_ms: int = Field(200, gt=0)
+    #: Days a replayed failure-log entry is kept after its replay; 0 keeps it forever.
+    #: Enforced by ``cutover subs failures purge`` (subscribers.retention).
+    failure_retention_days_replayed: int = Field(30, ge=0, le=36_500)
+    #: Days an open entry is kept after it was last seen failing; 0 (the default) keeps
+    #: it forever. Even when set, open entries go only with ``purge --include-open``.
+    failure_retention_days_open: int = Field(0, ge=0, le=36_500)
 
     @model_validator(mode="after")
     def _backoff_order(self) -> Subscription:

@@ -64,6 +64,7 @@ def subs() -> None:
       cutover subs run orders-sqlstore     the worker (scale out: run it many times)
       cutover subs list                    state, drift, counters per subscription
       cutover subs failures list           poison messages, then `failures replay`
+      cutover subs failures purge --dry-run  entries past their retention
       cutover subs drop orders-rethinkdb   clean-up once no client reads the old store
     """
 
@@ -76,16 +77,19 @@ def list_cmd(as_json: bool) -> None:
 
     Shows whether each exists on the server, drift between the declaration and the
     server's settings, the sink, processed/failed counts and last event time (added up
-    over every worker, from the SQL store) and the backlog where the server reports it.
-    A subscription on the server that the config does not declare is listed as
+    over every worker, from the SQL store), the backlog where the server reports it,
+    and the failure log's size (open and replayed entries) and oldest entry. A
+    subscription on the server that the config does not declare is listed as
     "undeclared".
     """
     from .manage import read_counts, status
+    from .retention import log_sizes
 
     rt = Runtime()
     counts, problem = read_counts(rt)
     if problem:
         click.secho(f"warning: counters unavailable (SQL store: {problem})", fg="yellow", err=True)
+    sizes = {} if problem else log_sizes(rt.sql)
     rows = status(rt, counts)
     if as_json:
         out = [
@@ -102,6 +106,7 @@ def list_cmd(as_json: bool) -> None:
                 "failed": r.counts.failed if r.counts else 0,
                 "last_event_at": _when(r.counts.last_event_at) if r.counts else None,
                 "backlog": r.backlog,
+                "failure_log": _size_dict(sizes.get(r.name)),
             }
             for r in rows
         ]
@@ -122,12 +127,40 @@ def list_cmd(as_json: bool) -> None:
                 str(c.failed) if c else "0",
                 _when(c.last_event_at) if c else "-",
                 "-" if r.backlog is None else str(r.backlog),
+                *_size_cells(sizes.get(r.name)),
             ]
         )
     _print_table(
-        ["subscription", "exists", "drift", "sink", "processed", "failed", "last event", "backlog"],
+        [
+            "subscription",
+            "exists",
+            "drift",
+            "sink",
+            "processed",
+            "failed",
+            "last event",
+            "backlog",
+            "failure log",
+            "oldest entry",
+        ],
         lines,
     )
+
+
+def _size_dict(size: Any) -> dict[str, Any]:
+    """A subscription's failure log for JSON (zeros when it has no entry)."""
+    return {
+        "entries": size.entries if size else 0,
+        "open": size.open if size else 0,
+        "replayed": size.replayed if size else 0,
+        "oldest_at": _when(size.oldest_at) if size and size.oldest_at else None,
+    }
+
+
+def _size_cells(size: Any) -> list[str]:
+    if size is None or not size.entries:
+        return ["0", "-"]
+    return [f"{size.entries} ({size.open} open, {size.replayed} replayed)", _when(size.oldest_at)]
 
 
 def _print_change(change: Any) -> None:
@@ -264,7 +297,7 @@ def run_cmd(names: tuple[str, ...], metrics_port: int | None, log_every: float) 
 # -- failures ---------------------------------------------------------------------------
 @subs.group("failures")
 def failures_group() -> None:
-    """Poison messages the handlers logged and acked: inspect and replay them."""
+    """Poison messages the handlers logged and acked: inspect, replay and purge them."""
 
 
 @failures_group.command("list")
@@ -384,6 +417,114 @@ def failures_replay(
             click.echo(f"replayed {done}/{len(targets)}")
     summary = ", ".join(f"{n} {k}" for k, n in sorted(tally.items())) or "nothing to replay"
     click.echo(("dry run: " if dry_run else "") + summary)
+
+
+@failures_group.command("purge")
+@click.argument("name", required=False)
+@click.option("--dry-run", is_flag=True, help="Count what would be deleted; delete nothing.")
+@click.option(
+    "--include-open",
+    is_flag=True,
+    help="Also purge OPEN entries past their retention (never purged without this flag).",
+)
+@click.option(
+    "--older-than",
+    type=click.IntRange(min=1),
+    metavar="DAYS",
+    help="Purge entries older than DAYS instead of the declared retention.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@_ACTOR
+def failures_purge(
+    name: str | None,
+    dry_run: bool,
+    include_open: bool,
+    older_than: int | None,
+    as_json: bool,
+    actor: str | None,
+) -> None:
+    """Delete failure-log entries past their retention (NAME, or every declared one).
+
+    \b
+    Retention per subscription in cutover.toml (0 keeps forever):
+      failure_retention_days_replayed = 30   days after its replay
+      failure_retention_days_open = 0        days after it last failed
+
+    Open entries are purged only with --include-open. --dry-run selects exactly what
+    the real run deletes (counts per subscription and the oldest entry) and deletes
+    nothing; a real run deletes in short transactions and is written to the audit log.
+    Entries of subscriptions the config does not declare are counted and kept.
+    """
+    from cutover.clock import now_utc
+
+    from .retention import plan, purge
+    from .tables import TABLES
+
+    rt = Runtime()
+    rt.sql.ensure_schema(TABLES)  # a fresh database: nothing to purge, not an error
+    the_plan = plan(
+        rt.cfg,
+        [name] if name else None,
+        now=now_utc(),
+        include_open=include_open,
+        older_than_days=older_than,
+    )
+    report = purge(rt.sql, the_plan, dry_run=dry_run, actor=actor)
+    if as_json:
+        click.echo(json.dumps(_purge_dict(report), indent=2, ensure_ascii=False))
+        return
+    rows = []
+    for part in report.subscriptions:
+        oldest = part.oldest
+        rows.append(
+            [
+                part.subscription,
+                str(part.selected.get("replayed", "-")),
+                str(part.selected.get("open", "-")),
+                f"{_when(oldest.at)} {oldest.status} {oldest.message_id}" if oldest else "-",
+                "-" if part.deleted is None else str(sum(part.deleted.values())),
+            ]
+        )
+    _print_table(["subscription", "replayed", "open", "oldest selected", "deleted"], rows)
+    notes: dict[str, list[str]] = {}
+    for part in report.subscriptions:
+        for note in part.kept:
+            notes.setdefault(note, []).append(part.subscription)
+    for note, names in notes.items():
+        every = len(names) == len(report.subscriptions) > 1
+        click.echo(f"{'every subscription' if every else ', '.join(names)}: {note}")
+    for other, n in sorted(report.undeclared.items()):
+        click.echo(f"{other}: {n} entries kept (not declared in the config)")
+    if dry_run:
+        click.echo(f"dry run: {report.selected} entries would be deleted; nothing deleted")
+    else:
+        click.echo(f"deleted {report.deleted} entries")
+
+
+def _purge_dict(report: Any) -> dict[str, Any]:
+    return {
+        "dry_run": report.dry_run,
+        "now": _when(report.plan.now),
+        "selected": report.selected,
+        "deleted": None if report.dry_run else report.deleted,
+        "subscriptions": [
+            {
+                "subscription": p.subscription,
+                "selected": p.selected,
+                "deleted": p.deleted,
+                "oldest": _entry_dict(p.oldest),
+                "kept": p.kept,
+            }
+            for p in report.subscriptions
+        ],
+        "undeclared": report.undeclared,
+    }
+
+
+def _entry_dict(entry: Any) -> dict[str, Any] | None:
+    if entry is None:
+        return None
+    return {"message_id": entry.message_id, "status": entry.status, "at": _when(entry.at)}
 
 
 def _progress(items: list[Any]) -> Iterable[Any]:

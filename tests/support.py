@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
+from typing import Any
+
 from cutover.config import Config
 from cutover.runtime import Runtime
 from cutover.settings import Settings
 from cutover.synthetic import generate_history, reference
 from stores.mapping import Row
+from stores.sql import SqlStore, bookkeeping
+from subscribers.tables import FAILURES
 
 
 def make_runtime(settings: Settings, cfg: Config) -> Runtime:
@@ -29,3 +34,26 @@ def seed_stores(
     rt.sql.apply(ent, rows)
     rt.rethink.write(ent, rows)
     return rows
+
+
+def insert_failures(store: SqlStore, entries: Iterable[Mapping[str, Any]]) -> None:
+    """Failure-log entries as they would be after their life so far (times, status),
+    written straight to the table (tests of retention need entries of any age). The
+    caller has created the table (``store.ensure_schema(subscribers.tables.TABLES)``)."""
+    with store.transaction() as cur:
+        for entry in entries:
+            values = {
+                "entity": "orders",
+                "data": '{"not": "an event"}',
+                "data_encoding": "utf-8",
+                "attributes": {},
+                "ordering_key": "",
+                "error": "event does not meet the contract",
+                "attempts": 1,
+                "resolved_at": None,
+                "resolution": None,
+                **entry,
+            }
+            if values["resolved_at"] is not None and values["resolution"] is None:
+                values["resolution"] = "applied"
+            cur.execute(*bookkeeping.insert_sql(store.dialect, FAILURES, values))

@@ -27,10 +27,11 @@ from typing import Any
 import pyodbc
 
 from cutover.clock import now_utc
+from cutover.config import Subscription
 from cutover.redaction import redact
 from cutover.runtime import Runtime
 from stores.sql import SqlStore, StoreUnavailable
-from subscribers import counters, failures
+from subscribers import counters, failures, retention
 from subscribers.tables import FAILURES, TABLES
 
 from ._sql import count_by
@@ -127,15 +128,35 @@ def open_failures(rt: Runtime) -> dict[str, int]:
     }
 
 
+def _failure_log(size: retention.LogSize | None, declared: Subscription | None) -> dict[str, Any]:
+    """A subscription's failure log: entries per status, when the oldest was first seen,
+    and the declared retention in days (0: forever; None when not declared)."""
+    return {
+        "entries": size.entries if size else 0,
+        "open": size.open if size else 0,
+        "replayed": size.replayed if size else 0,
+        "oldest_at": size.oldest_at.isoformat() if size and size.oldest_at else None,
+        "retention_days": {
+            status: retention.retention_days(declared, status) for status in retention.STATUSES
+        }
+        if declared
+        else None,
+    }
+
+
 def health(rt: Runtime) -> dict[str, Any]:
-    """Every declared subscription (and undeclared ones the server has): state and counts."""
+    """Every declared subscription (and undeclared ones the server has): state and counts.
+
+    ``failure_log_size`` is the number of open entries (what a replay would take);
+    ``failure_log`` has the whole log's size, its oldest entry and the retention.
+    """
     counts: dict[str, counters.Counts] = {}
-    open_log: dict[str, int] = {}
+    sizes: dict[str, retention.LogSize] = {}
     counts_error = None
     try:
         ensure_tables(rt.sql)
         counts = counters.read_all(rt.sql)
-        open_log = open_failures(rt)
+        sizes = retention.log_sizes(rt.sql)
     except (StoreUnavailable, pyodbc.Error) as exc:  # the server side is still worth showing
         counts_error = redact(f"{type(exc).__name__}: {exc}")[:300]
     server, server_error = SERVER.get(rt)
@@ -172,7 +193,8 @@ def health(rt: Runtime) -> dict[str, Any]:
                 "applied": c.applied if c else 0,
                 "stale": c.stale if c else 0,
                 "failed": c.failed if c else 0,
-                "failure_log_size": open_log.get(name, 0),
+                "failure_log_size": sizes[name].open if name in sizes else 0,
+                "failure_log": _failure_log(sizes.get(name), declared),
                 "last_event_at": c.last_event_at.isoformat() if c and c.last_event_at else None,
                 "last_batch_at": c.last_batch_at.isoformat() if c and c.last_batch_at else None,
                 "lag_s": _seconds(c.last_batch_at, c.last_event_at) if c else None,

@@ -352,13 +352,29 @@ function lagCell(s) {
     el("small", { class: "muted", text: `last batch ${ago(s.last_batch_at)}` }));
 }
 
+function retentionText(days) {
+  if (!days) return "retention not declared";
+  const one = (d) => (d ? `${d} d` : "forever");
+  return `kept: replayed ${one(days.replayed)}, open ${one(days.open)} (cutover subs failures purge)`;
+}
+
+function failureLogCell(log) {
+  if (!log || !log.entries) {
+    return el("span", { class: "muted", text: "empty", title: retentionText(log && log.retention_days) });
+  }
+  return el("span", { class: "stack", title: retentionText(log.retention_days) },
+    el("span", { text: `${fmtInt(log.entries)} ${log.entries === 1 ? "entry" : "entries"}`,
+      title: `${fmtInt(log.open)} open, ${fmtInt(log.replayed)} replayed` }),
+    el("small", { class: "muted", text: `oldest ${ago(log.oldest_at)}`, title: log.oldest_at || "" }));
+}
+
 async function toggleFailures(name, row) {
   const next = row.nextElementSibling;
   if (next && next.classList.contains("failures-row")) {
     next.remove();
     return;
   }
-  const cell = el("td", { colspan: 10 }, el("span", { class: "muted", text: "loading\u2026" }));
+  const cell = el("td", { colspan: 11 }, el("span", { class: "muted", text: "loading\u2026" }));
   row.after(el("tr", { class: "failures-row" }, cell));
   try {
     const data = await api("GET", `/admin/subscriptions/${encodeURIComponent(name)}/failures?limit=20`);
@@ -398,6 +414,7 @@ function renderSubscriptions(subs) {
       el("td", { class: "num" }, s.failed ? badge(fmtInt(s.failed), "bad") : el("span", { class: "muted", text: "0" })),
       el("td", {}, lagCell(s)),
       el("td", { class: "num", text: s.backlog === null || s.backlog === undefined ? "-" : fmtInt(s.backlog) }),
+      el("td", { data: { testid: "failure-log" } }, failureLogCell(s.failure_log)),
       el("td", { class: "actions-cell" }));
     const actions = row.lastChild;
     actions.append(
@@ -408,7 +425,7 @@ function renderSubscriptions(subs) {
     return row;
   });
   const heads = [["Subscription"], ["Entity"], ["Sink"], ["Status"], ["Applied", "num"], ["Stale", "num"],
-    ["Failed", "num"], ["Lag"], ["Backlog", "num"], ["Failure log"]];
+    ["Failed", "num"], ["Lag"], ["Backlog", "num"], ["Failure log"], ["Open failures"]];
   box.replaceChildren(...[...notes, el("table", {},
     el("thead", {}, el("tr", {}, heads.map(([h, cls]) => el("th", { text: h, class: cls })))),
     el("tbody", {}, rows))].filter(Boolean));

@@ -315,7 +315,10 @@ def get_shadow(
 # -- subscriptions ----------------------------------------------------------------------
 @admin.get("/subscriptions")
 def get_subscriptions(rt: RuntimeDep) -> dict[str, Any]:
-    """Each subscription's status, applied/failed counts, lag and failure-log size."""
+    """Each subscription's status, applied/failed counts and lag, and its failure log:
+    open entries (``failure_log_size``) and, in ``failure_log``, entries per status,
+    when the oldest was first seen and the declared retention in days (0: forever;
+    ``cutover subs failures purge`` enforces it)."""
     with _answers():
         return subscriptions.health(rt)
 
