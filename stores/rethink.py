@@ -14,12 +14,20 @@ from __future__ import annotations
 
 import os
 import queue
+import socket
+import struct
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 from typing import TYPE_CHECKING, Any
 
 from rethinkdb import RethinkDB
-from rethinkdb.errors import ReqlDriverError, ReqlError, ReqlOpFailedError
+from rethinkdb.errors import (
+    ReqlAuthError,
+    ReqlDriverError,
+    ReqlError,
+    ReqlOpFailedError,
+    ReqlTimeoutError,
+)
 
 from cutover.config import Config, Entity
 
@@ -35,6 +43,15 @@ r = RethinkDB()
 class RethinkUnavailable(RuntimeError):
     """RethinkDB cannot be reached; retry later, nothing lost."""
 
+    #: Whether waiting and trying again may succeed.
+    retryable = True
+
+
+class RethinkAuthFailed(RethinkUnavailable):
+    """RethinkDB refused the user or password: retrying cannot help, so report it now."""
+
+    retryable = False
+
 
 class RethinkStore:
     """Entity tables in RethinkDB, one connection per operation block."""
@@ -49,9 +66,11 @@ class RethinkStore:
         password: str = "",
         timeout_s: float = 10.0,
         pool_size: int = 8,
+        query_timeout_s: float | None = None,
     ) -> None:
         self.config = config
         self._pool_size = pool_size
+        self._query_timeout = query_timeout_s
         self._pool: queue.LifoQueue[Any] = queue.LifoQueue(pool_size)
         self._pool_pid = os.getpid()
         self._params: dict[str, Any] = {
@@ -63,14 +82,17 @@ class RethinkStore:
         }
 
     @classmethod
-    def from_settings(cls, settings: Settings, config: Config) -> RethinkStore:
+    def from_settings(cls, settings: Settings, config: Config, **kwargs: Any) -> RethinkStore:
+        """The store the settings name; ``kwargs`` override the connection options
+        (the read API passes its own timeouts and pool size)."""
+        options: dict[str, Any] = {"timeout_s": settings.rethinkdb_timeout_s, **kwargs}
         return cls(
             config,
             host=settings.rethinkdb_host,
             port=settings.rethinkdb_port,
             user=settings.rethinkdb_user,
             password=settings.rethinkdb_password.get_secret_value(),
-            timeout_s=settings.rethinkdb_timeout_s,
+            **options,
         )
 
     def __repr__(self) -> str:
@@ -78,11 +100,17 @@ class RethinkStore:
 
     def __getstate__(self) -> dict[str, Any]:
         """Pickled without its connections: another process opens its own."""
-        return {"config": self.config, "pool_size": self._pool_size, "params": self._params}
+        return {
+            "config": self.config,
+            "pool_size": self._pool_size,
+            "params": self._params,
+            "query_timeout": self._query_timeout,
+        }
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.config, self._params = state["config"], state["params"]
         self._pool_size = state["pool_size"]
+        self._query_timeout = state.get("query_timeout")
         self._pool = queue.LifoQueue(self._pool_size)
         self._pool_pid = os.getpid()
 
@@ -101,14 +129,15 @@ class RethinkStore:
         with suppress(queue.Empty):
             conn = self._pool.get_nowait()
         if conn is None or not conn.is_open():
-            try:
-                conn = r.connect(**self._params)
-            except ReqlDriverError as exc:
-                raise RethinkUnavailable(f"cannot connect to RethinkDB at {self}: {exc}") from None
+            conn = self._connect()
         healthy = False
         try:
             yield conn
             healthy = True
+        except ReqlTimeoutError:
+            raise RethinkUnavailable(
+                f"RethinkDB at {self} did not answer within {self._query_timeout} s"
+            ) from None
         except ReqlDriverError as exc:
             raise RethinkUnavailable(f"RethinkDB connection failed: {exc}") from None
         except ReqlError:
@@ -122,6 +151,28 @@ class RethinkStore:
                     _close(conn)
             else:
                 _close(conn)
+
+    def _connect(self) -> Any:
+        """A new connection, with the query deadline on its socket when one is set.
+
+        The driver's ``timeout`` bounds connecting and the handshake only: a query on a
+        server that stopped answering would wait forever. ``SO_RCVTIMEO`` and
+        ``SO_SNDTIMEO`` make each receive and send give up after the deadline; the
+        driver then raises ``ReqlTimeoutError`` and the connection is discarded (its
+        reply may still arrive). An authentication refusal is :class:`RethinkAuthFailed`.
+        """
+        try:
+            conn = r.connect(**self._params)
+        except ReqlAuthError:
+            raise RethinkAuthFailed(
+                f"authentication failed for RethinkDB at {self}: the server refused the "
+                "user or password (CUTOVER_RETHINKDB_USER / _PASSWORD)"
+            ) from None
+        except ReqlDriverError as exc:
+            raise RethinkUnavailable(f"cannot connect to RethinkDB at {self}: {exc}") from None
+        if self._query_timeout is not None:
+            _set_socket_deadline(conn, self._query_timeout)
+        return conn
 
     def close(self) -> None:
         """Close the pooled connections (they are reopened on the next use)."""
@@ -275,6 +326,24 @@ class RethinkStore:
                 db = r.db(entity.rethinkdb_db)
                 if entity.rethinkdb_table in db.table_list().run(conn):
                     db.table_drop(entity.rethinkdb_table).run(conn)
+
+
+def _set_socket_deadline(conn: Any, seconds: float) -> None:
+    """Bound every receive and send on the connection's socket to ``seconds``.
+
+    The driver keeps its socket blocking (timeout None) between queries, so the kernel's
+    ``SO_RCVTIMEO``/``SO_SNDTIMEO`` are what a blocked call honours: it fails with
+    EAGAIN, which the driver reports as ``ReqlTimeoutError``. The socket is reached
+    through the driver's private attributes (rethinkdb 2.4); without them no deadline
+    is set and callers rely on their own wait (the read API abandons the call).
+    """
+    sock = getattr(getattr(getattr(conn, "_instance", None), "_socket", None), "_socket", None)
+    if not isinstance(sock, socket.socket):
+        return
+    whole = int(seconds)
+    value = struct.pack("ll", whole, int((seconds - whole) * 1_000_000))
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, value)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, value)
 
 
 def _close(conn: Any) -> None:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import os
+import signal
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager, suppress
 from typing import Any
 
 from cutover.config import Config
@@ -57,3 +60,42 @@ def insert_failures(store: SqlStore, entries: Iterable[Mapping[str, Any]]) -> No
             if values["resolved_at"] is not None and values["resolution"] is None:
                 values["resolution"] = "applied"
             cur.execute(*bookkeeping.insert_sql(store.dialect, FAILURES, values))
+
+
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and every descendant (from /proc), e.g. a postmaster and its backends."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as fh:
+                stat = fh.read()
+        except OSError:
+            continue
+        parent = int(stat[stat.rindex(b")") + 2 :].split()[1])
+        children.setdefault(parent, []).append(int(entry))
+    found, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        found.append(current)
+        todo.extend(children.get(current, []))
+    return found
+
+
+@contextmanager
+def frozen(pid: int) -> Iterator[None]:
+    """A server frozen (SIGSTOP of its whole process tree) for the block, then resumed.
+
+    Its sockets stay open and the kernel still accepts connections, so clients see a
+    server that has stopped answering, not one that is down.
+    """
+    pids = process_tree(pid)
+    for p in pids:
+        os.kill(p, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        for p in reversed(pids):
+            with suppress(ProcessLookupError):
+                os.kill(p, signal.SIGCONT)

@@ -9,7 +9,9 @@ a backfill racing the double-write all end in the newest version.
 
 from __future__ import annotations
 
+import math
 import queue
+import re
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager, suppress
@@ -25,7 +27,7 @@ from cutover.config import Config, Entity
 from cutover.redaction import redact
 
 from .. import jsontext
-from ..mapping import Row
+from ..mapping import MappingError, Row
 from ._cursors import StatementCursors
 from .dialects import Dialect, get_dialect
 from .schema import (
@@ -50,9 +52,42 @@ _RANK = itemgetter(2, 3)
 class StoreUnavailable(RuntimeError):
     """The SQL store cannot be reached or failed transiently; retry later, nothing lost."""
 
+    #: Whether waiting and trying again may succeed.
+    retryable = True
 
-#: SQLSTATE classes that mean "try again": connection trouble, timeouts, deadlocks.
-_TRANSIENT_STATES = ("08", "HYT00", "HYT01", "40001", "40P01", "57P01", "57P03")
+
+class StoreAuthFailed(StoreUnavailable):
+    """The SQL server refused the login (user, password or database access): retrying
+    cannot help, so it is reported at once. The message holds no part of the DSN."""
+
+    retryable = False
+
+
+#: SQLSTATEs of a refused login: invalid authorization (SQL Server's "Login failed"),
+#: PostgreSQL's invalid password.
+_AUTH_STATES = ("28000", "28P01")
+#: psqlodbc reports PostgreSQL's login refusals as 08001 ("connection failed"): these
+#: server messages tell them apart from a server that cannot be reached.
+_AUTH_MESSAGES = re.compile(
+    r"password authentication failed|authentication failed for user|role \"[^\"]*\" does "
+    r"not exist|no pg_hba\.conf entry|login failed for user|cannot open database",
+    re.IGNORECASE,
+)
+
+
+def is_auth_failure(exc: BaseException) -> bool:
+    """Whether a driver error is the server refusing the login (not a network problem)."""
+    if not isinstance(exc, pyodbc.Error) or not exc.args:
+        return False
+    state = str(exc.args[0])
+    return state.startswith(_AUTH_STATES) or bool(
+        _AUTH_MESSAGES.search(" ".join(str(a) for a in exc.args[1:]))
+    )
+
+
+#: SQLSTATE classes that mean "try again": connection trouble, timeouts (57014: a
+#: statement cancelled, as PostgreSQL's statement_timeout does), deadlocks.
+_TRANSIENT_STATES = ("08", "HYT00", "HYT01", "40001", "40P01", "57014", "57P01", "57P03")
 #: HY000 is "general error": SQLite's driver reports everything so, and psqlodbc a lost
 #: connection. Only these words make one transient (retry), not "no such table".
 _TRANSIENT_WORDS = (
@@ -70,7 +105,9 @@ _TRANSIENT_WORDS = (
 
 
 def is_transient(exc: BaseException) -> bool:
-    """Whether retrying later may succeed (as opposed to a bug or bad data)."""
+    """Whether retrying later may succeed (as opposed to a bug, bad data or a refused login)."""
+    if is_auth_failure(exc):
+        return False
     if isinstance(exc, pyodbc.OperationalError | pyodbc.InterfaceError):
         return True
     if not isinstance(exc, pyodbc.Error) or not exc.args:
@@ -199,15 +236,25 @@ class SqlStore:
         dialect: Dialect | str,
         config: Config,
         *,
-        login_timeout_s: int = 10,
-        query_timeout_s: int = 60,
+        login_timeout_s: float = 10,
+        query_timeout_s: float = 60,
         pool_size: int = 4,
+        server_timeout: bool = False,
     ) -> None:
+        """``query_timeout_s`` is the driver's query timeout (SQL Server, SQLite);
+        ``server_timeout`` also sets it as the server's statement timeout on each new
+        connection where the driver has none (PostgreSQL's ``statement_timeout``), for
+        callers that must bound every statement (the read API)."""
         self.dialect = get_dialect(dialect) if isinstance(dialect, str) else dialect
         self._dsn = self.dialect.prepare_dsn(connection_string)
         self.config = config
-        self._login_timeout = login_timeout_s
-        self._query_timeout = query_timeout_s
+        self._login_timeout = max(1, math.ceil(login_timeout_s))
+        self._query_timeout = max(1, math.ceil(query_timeout_s))
+        self._server_timeout_ms = (
+            round(query_timeout_s * 1000)
+            if server_timeout and self.dialect.name == "postgresql"
+            else None
+        )
         # Connections with their cursors: reusing them keeps each statement prepared.
         self._pool: queue.LifoQueue[StatementCursors] = queue.LifoQueue(maxsize=pool_size)
         self._lock = threading.Lock()
@@ -227,10 +274,23 @@ class SqlStore:
         try:
             conn = pyodbc.connect(self._dsn, autocommit=manual, timeout=self._login_timeout)
         except pyodbc.Error as exc:
+            if is_auth_failure(exc):
+                raise StoreAuthFailed(
+                    f"authentication failed for the SQL store ({self.dialect.name}): the "
+                    f"server refused the login (SQLSTATE {exc.args[0]}); check the user, "
+                    "password and database of CUTOVER_SQL_DSN"
+                ) from None
             raise StoreUnavailable(f"cannot connect to the SQL store: {redact(str(exc))}") from None
         # psqlodbc has no query timeout attribute; the server's own applies there.
         with suppress(pyodbc.Error):
             conn.timeout = self._query_timeout
+        if self._server_timeout_ms is not None:
+            try:
+                conn.execute(f"SET statement_timeout = {self._server_timeout_ms}")
+                conn.commit()
+            except pyodbc.Error as exc:
+                _close_quietly(conn)
+                raise StoreUnavailable(f"SQL store error: {redact(str(exc))}") from None
         return conn
 
     @contextmanager
@@ -358,9 +418,16 @@ class SqlStore:
         return f"SELECT {cols} FROM {self.dialect.quote(table.name)}"
 
     def _row(self, entity: Entity, record: Sequence[Any]) -> Row:
+        """A stored record as a Row; a value that cannot be decoded (a JSON text nested
+        past the parser's recursion limit, say) is a MappingError naming key and column."""
         table = self.table(entity)
         from_db = self.dialect.from_db
-        values = {c.name: from_db(c.kind, v) for c, v in zip(table.columns, record, strict=True)}
+        try:
+            values = {
+                c.name: from_db(c.kind, v) for c, v in zip(table.columns, record, strict=True)
+            }
+        except (ValueError, TypeError, RecursionError):
+            raise self._undecodable(entity, table, record) from None
         return Row(
             key=values.pop(entity.key),
             client_id=values.pop(entity.client),
@@ -368,6 +435,19 @@ class SqlStore:
             deleted=values.pop(DELETED),
             values={c.name: values[c.name] for c in entity.columns},
         )
+
+    def _undecodable(self, entity: Entity, table: Table, record: Sequence[Any]) -> MappingError:
+        """The error for a record one of whose values does not decode, naming the first."""
+        key = record[[c.name for c in table.columns].index(entity.key)]
+        for column, value in zip(table.columns, record, strict=True):
+            try:
+                self.dialect.from_db(column.kind, value)
+            except (ValueError, TypeError, RecursionError) as exc:
+                reason = "nests too deep to decode" if isinstance(exc, RecursionError) else exc
+                return MappingError(
+                    f"{entity.name} {key!r:.200}: stored column {column.name!r} {reason}"
+                )
+        return MappingError(f"{entity.name} {key!r:.200}: a stored value does not decode")
 
     def get(self, entity: Entity, key: str) -> Row | None:
         """One row by key, tombstones included (callers decide what a tombstone means)."""
