@@ -146,11 +146,64 @@ class Subscription(_Strict):
         return self
 
 
+class Jobs(_Strict):
+    """Per-client migration jobs (``[jobs]``): their topic, subscription and pacing.
+
+    Not a ``[subscriptions.*]`` entry: its messages are jobs run by ``cutover jobs run``,
+    never events for ``cutover subs run``. ``max_delivery_attempts`` is enforced by
+    cutover itself (from each message's delivery attempt and its own count of failed
+    runs), because servers differ: the local cloudbox server drops retry and
+    dead-letter policies, and Google reports delivery attempts only with a dead-letter
+    policy.
+    """
+
+    topic: str = "cutover-jobs"
+    subscription: Annotated[str, Field(pattern=r"^[A-Za-z][A-Za-z0-9._~%+-]{2,254}$")] = (
+        "cutover-jobs"
+    )
+    #: Seconds each extension of a job's message lease lasts; a worker that dies is
+    #: redelivered within about this long.
+    ack_deadline_s: int = Field(60, ge=10, le=600)
+    max_delivery_attempts: int = Field(5, ge=5, le=100)
+    retry_min_backoff_s: int = Field(10, ge=0, le=600)
+    retry_max_backoff_s: int = Field(600, ge=0, le=600)
+    #: Jobs one ``cutover jobs run`` process runs at once.
+    concurrency: int = Field(1, ge=1, le=64)
+    #: The job lease in the SQL store: taken over this long after its holder's last sign.
+    lease_ttl_s: float = Field(60.0, ge=3, le=3600)
+    #: How long one delivery of a job may run before it is handed back (it resumes
+    #: from its checkpoint on redelivery).
+    max_lease_s: int = Field(6 * 3600, ge=60)
+
+    @model_validator(mode="after")
+    def _backoff_order(self) -> Jobs:
+        if self.retry_min_backoff_s > self.retry_max_backoff_s:
+            raise ValueError("retry_min_backoff_s must not exceed retry_max_backoff_s")
+        return self
+
+    def as_subscription(self, entity: str = "") -> Subscription:
+        """The jobs subscription in the subscription tools' terms (created by
+        ``subscribers.manage``, failures kept in the same log). ``entity`` labels a
+        failure; the sink is never used."""
+        return Subscription(
+            name=self.subscription,
+            topic=self.topic,
+            entity=entity,
+            sink="sqlstore",
+            ack_deadline_s=self.ack_deadline_s,
+            message_ordering=False,
+            max_delivery_attempts=self.max_delivery_attempts,
+            retry_min_backoff_s=self.retry_min_backoff_s,
+            retry_max_backoff_s=self.retry_max_backoff_s,
+        )
+
+
 class Config(_Strict):
     """The whole declarative file, cross-checked."""
 
     entities: dict[str, Entity]
     subscriptions: dict[str, Subscription] = {}
+    jobs: Jobs | None = None
     source: Path | None = None
 
     @model_validator(mode="after")
@@ -164,7 +217,23 @@ class Config(_Strict):
         tables = [e.sql_table.lower() for e in self.entities.values()]
         if len(tables) != len(set(tables)):
             raise ValueError("two entities share one sql_table")
+        if self.jobs is not None:
+            if self.jobs.subscription in self.subscriptions:
+                raise ValueError(
+                    f"jobs.subscription {self.jobs.subscription!r} is also a subscription"
+                )
+            if self.jobs.topic in {e.topic for e in self.entities.values()}:
+                raise ValueError(f"jobs.topic {self.jobs.topic!r} is an entity's event topic")
         return self
+
+    def jobs_or_error(self) -> Jobs:
+        """The ``[jobs]`` section, or a clear error when the file has none."""
+        if self.jobs is None:
+            raise ConfigError(
+                "no [jobs] section in the config file: declare the jobs topic and "
+                'subscription, e.g. [jobs] topic = "cutover-jobs" subscription = "cutover-jobs"'
+            )
+        return self.jobs
 
     def entity(self, name: str) -> Entity:
         try:
@@ -194,10 +263,11 @@ def _normalise(raw: dict[str, Any]) -> dict[str, Any]:
     subscriptions = {
         name: {"name": name, **body} for name, body in (raw.get("subscriptions") or {}).items()
     }
-    unknown = set(raw) - {"entities", "subscriptions"}
+    unknown = set(raw) - {"entities", "subscriptions", "jobs"}
     if unknown:
         raise ConfigError(f"unknown top-level section(s): {', '.join(sorted(unknown))}")
-    return {"entities": entities, "subscriptions": subscriptions}
+    jobs = {"jobs": raw["jobs"]} if "jobs" in raw else {}
+    return {"entities": entities, "subscriptions": subscriptions, **jobs}
 
 
 def _format(error: ValidationError, path: Path | str) -> str:
