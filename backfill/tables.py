@@ -127,4 +127,56 @@ VERIFICATIONS = Table(
     (("ix_backfill_verifications_entity", ("entity", "client")),),
 )
 
-TABLES = (RUNS, PARTITIONS, CONTROL, BAD_DOCS, LEDGER, VERIFICATIONS)
+#: Per-client migration jobs (see backfill.jobs): one row per client of an entity, the
+#: job's state, its lease (owner + expiry: one worker at a time) and when it was last
+#: published (the enqueue dedup window, shared by every API process and the sweep).
+JOBS = Table(
+    "backfill_jobs",
+    (
+        Col("entity", "key", 128, nullable=False),
+        Col("client", "key", 255, nullable=False),
+        Col("state", "key", 16, nullable=False),  # queued | running | retrying | done | failed
+        Col("reason", "key", 32),  # why it was last enqueued: first-use | sweep | cli | replay
+        Col("enqueued_at", "datetime"),
+        Col("enqueues", "int"),
+        Col("message_id", "key", 255),  # of the last publish
+        Col("owner", "key", 255),
+        Col("lease_expires", "datetime"),
+        Col("attempt_id", "key", 32),  # the attempt holding the lease
+        Col("attempts", "int"),  # failed runs since the last success or replay
+        Col("copies", "int"),  # copies this client's jobs started, ever
+        Col("rows", "int"),  # rows copied by the last successful job
+        Col("seconds", "float"),
+        Col("started_at", "datetime"),
+        Col("finished_at", "datetime"),
+        Col("last_error", "text"),
+        Col("updated_at", "datetime"),
+    ),
+    ("entity", "client"),
+    (("ix_backfill_jobs_state", ("entity", "state")),),
+)
+
+#: Every run of a job, one row each: who ran it, its last sign of life, how it ended
+#: (null while running, or when its worker died). Rates and ETAs are computed from it.
+JOB_ATTEMPTS = Table(
+    "backfill_job_attempts",
+    (
+        Col("attempt_id", "key", 32, nullable=False),
+        Col("entity", "key", 128, nullable=False),
+        Col("client", "key", 255, nullable=False),
+        Col("owner", "key", 255),
+        Col("message_id", "key", 255),
+        Col("delivery_attempt", "int"),
+        Col("started_at", "datetime"),
+        Col("heartbeat_at", "datetime"),
+        Col("finished_at", "datetime"),
+        Col("outcome", "key", 16),  # done | unchanged | failed | handed-back | null
+        Col("copied", "bool"),  # whether this attempt ran a copy
+        Col("rows", "int"),
+        Col("error", "text"),
+    ),
+    ("attempt_id",),
+    (("ix_backfill_job_attempts_client", ("entity", "client")),),
+)
+
+TABLES = (RUNS, PARTITIONS, CONTROL, BAD_DOCS, LEDGER, VERIFICATIONS, JOBS, JOB_ATTEMPTS)

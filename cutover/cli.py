@@ -186,6 +186,7 @@ def _attach_areas() -> None:
 _AREAS: list[tuple[str, list[str]]] = [
     ("subscribers.cli", ["subs"]),
     ("backfill.cli", ["backfill", "verify"]),
+    ("backfill.jobs_cli", ["jobs"]),
     ("flags.cli", ["flags"]),
     ("app.cli", ["serve"]),
     ("cutover.demo", ["demo"]),

@@ -81,7 +81,7 @@ class Failure:
 class ReplayOutcome:
     subscription: str
     message_id: str
-    result: Literal["applied", "stale", "failed", "would-apply"]
+    result: Literal["applied", "stale", "failed", "would-apply", "requeued"]
     detail: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -229,6 +229,9 @@ def replay(
     stored): the entry is marked replayed, in the same transaction as the row for the
     SQL sink. Every replay that writes is audited.
     """
+    jobs = runtime.cfg.jobs
+    if jobs is not None and failure.subscription == jobs.subscription:
+        return _replay_job(runtime, failure, data=data, actor=actor, dry_run=dry_run)
     sub = runtime.cfg.subscription(failure.subscription)
     entity = runtime.cfg.entity(sub.entity)
     store = runtime.sql
@@ -269,6 +272,50 @@ def replay(
         }
         if data is not None:
             details["corrected_body"] = body.decode("utf-8", "replace")[:10_000]
+        audit.write(store, "replay", sub.name, details, actor)
+    return outcome
+
+
+def _replay_job(
+    runtime: Runtime, failure: Failure, *, data: bytes | None, actor: str | None, dry_run: bool
+) -> ReplayOutcome:
+    """A per-client migration job (``[jobs]``): enqueued again rather than applied here
+    (a job worker runs it, with its source). Still not a valid job: the entry stays open
+    with the new error. Enqueued, or its client verified since: the entry is replayed."""
+    from backfill.jobs import requeue  # the jobs area judges its own messages
+
+    sub = runtime.cfg.jobs_or_error().as_subscription(failure.entity or "")
+    store = runtime.sql
+    outcome = ReplayOutcome(sub.name, failure.message_id, "would-apply")
+    try:
+        published, outcome.detail = requeue(
+            runtime, failure.data if data is None else data, dry_run=dry_run
+        )
+    except ValueError as exc:  # not a job message any more
+        outcome.result, outcome.detail = "failed", str(exc)
+        if not dry_run:
+            poison = Poison(
+                failure.message_id,
+                failure.data,
+                failure.attributes,
+                failure.ordering_key,
+                failure.attempts,
+                f"replay: {exc}",
+            )
+            with store.transaction() as cur:
+                record(store, cur, sub, [poison])
+    else:
+        if dry_run:
+            return outcome
+        outcome.result = "requeued" if published else "stale"
+        with store.transaction() as cur:
+            _resolve(store, cur, failure, f"{outcome.result}: {outcome.detail}")
+    if not dry_run:
+        details = {
+            "message_id": failure.message_id,
+            "result": outcome.result,
+            "detail": outcome.detail[:1000],
+        }
         audit.write(store, "replay", sub.name, details, actor)
     return outcome
 

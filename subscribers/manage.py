@@ -249,9 +249,20 @@ class Change:
     left: list[str] = field(default_factory=list)
 
 
-def add(runtime: Runtime, name: str, *, actor: str | None = None, dry_run: bool = False) -> Change:
-    """Create the topic (and dead-letter topic) if missing, then the subscription."""
-    settings, sub = runtime.settings, runtime.cfg.subscription(name)
+def add(
+    runtime: Runtime,
+    name: str,
+    *,
+    actor: str | None = None,
+    dry_run: bool = False,
+    declared: Subscription | None = None,
+) -> Change:
+    """Create the topic (and dead-letter topic) if missing, then the subscription.
+
+    ``declared`` is the declaration when it is not a ``[subscriptions.*]`` entry (the
+    per-client jobs' subscription, from ``[jobs]``).
+    """
+    settings, sub = runtime.settings, declared or runtime.cfg.subscription(name)
     change = Change(name, "add")
     client = pubsub.subscriber(settings)
     try:
