@@ -401,19 +401,19 @@ def judge(
     who = f"{client_id!r} ({entity})"
     window = span(policy.window_s)
     look = f"`cutover flags evidence {entity} --client {client_id}`"
-    if n < policy.min_comparisons:
-        ok = False
-        reason = (
-            f"{f'only {n}' if n else 'no'} shadow comparisons of {who} in the last {window} "
-            f"({policy.min_comparisons} required): keep it at shadow while it serves reads "
-            f"(`cutover flags set {entity} {client_id} shadow`), then see {look}"
-        )
-    elif rate is not None and rate > policy.max_mismatch_rate:
+    if rate is not None and rate > policy.max_mismatch_rate:  # the first thing to fix
         ok = False
         reason = (
             f"shadow mismatch rate of {who} is {rate:.2%} ({m} of {n} comparisons in the "
             f"last {window}), above the {policy.max_mismatch_rate:.2%} allowed: see {look} "
             f"and the recorded mismatches"
+        )
+    elif n < policy.min_comparisons:
+        ok = False
+        reason = (
+            f"{f'only {n}' if n else 'no'} shadow comparisons of {who} in the last {window} "
+            f"({policy.min_comparisons} required): keep it at shadow while it serves reads "
+            f"(`cutover flags set {entity} {client_id} shadow`), then see {look}"
         )
     else:
         ok = True

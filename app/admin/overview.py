@@ -1,7 +1,8 @@
 """What the console shows on one screen, assembled from every area's records.
 
-Per entity, every client with its read stage, backfill state, latest verification and
-recorded shadow mismatches; the entity's backfill progress and shadow mismatch rate;
+Per entity, every client with its read stage, backfill state, latest verification,
+recorded shadow mismatches and shadow evidence (comparisons, mismatches, rate, and the
+gate's verdict on them); the entity's backfill progress and shadow mismatch rate;
 subscription health; the audit log. Each part is read on its own: a store that is
 down blanks the parts that need it and names the reason in ``errors`` instead of
 failing the whole page, so the console stays useful during an incident (which is when
@@ -54,11 +55,15 @@ def entity_overview(rt: Runtime, entity: str) -> dict[str, Any]:
     mismatches = attempt(
         errors, "shadow mismatches", lambda: shadow.mismatch_counts(rt, entity), no_counts
     )
+    no_evidence: dict[str, dict[str, Any]] = {}
+    evidence = attempt(
+        errors, "shadow evidence", lambda: shadow.evidence_by_client(rt, entity), no_evidence
+    )
     by_client: dict[str, dict[str, Any]] = {}
     for row in (flags or {}).get("clients", []):
         by_client[row["client"]] = {**row}
     default_stage = (flags or {}).get("default_stage")
-    for client in set(ledger) | set(mismatches):
+    for client in set(ledger) | set(mismatches) | set(evidence):
         by_client.setdefault(
             client,
             {
@@ -82,9 +87,11 @@ def entity_overview(rt: Runtime, entity: str) -> dict[str, Any]:
                 },
                 "verification": verification.latest_of(entry),
                 "shadow_mismatches": mismatches.get(client, 0),
+                "shadow_evidence": evidence.get(client) or shadow.no_evidence(rt, entity, client),
             }
         )
     runs = (progress or {}).get("runs", [])
+    no_rate: dict[str, Any] = {}
     return {
         "entity": entity,
         "flags_backend": (flags or {}).get("backend"),
@@ -95,10 +102,7 @@ def entity_overview(rt: Runtime, entity: str) -> dict[str, Any]:
             "latest_run": runs[0] if runs else None,
             "runs": len(runs),
         },
-        "shadow": {
-            **shadow.entity_rate(entity),
-            "window_hours": shadow.WINDOW.total_seconds() / 3600,
-        },
+        "shadow": attempt(errors, "shadow rate", lambda: shadow.entity_rate(rt, entity), no_rate),
         "errors": errors,
     }
 

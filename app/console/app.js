@@ -294,15 +294,40 @@ function progressBlock(entity, backfill) {
       (run.bad_docs ? ` \u00b7 ${fmtInt(run.bad_docs)} bad documents` : "")));
 }
 
-function shadowBlock(shadow) {
+function fmtRate(rate) {
+  return rate === null || rate === undefined ? "-" : `${(rate * 100).toFixed(2)}%`;
+}
+
+function fmtWindow(seconds) {
+  if (!seconds) return "";
+  return seconds % 86400 === 0 ? `${seconds / 86400} d` : seconds % 3600 === 0 ? `${seconds / 3600} h` : fmtDuration(seconds);
+}
+
+// The entity's dark reads over the gate's window, from every API process (SQL store).
+function shadowBlock(shadow, clients) {
   const none = shadow.rate === null || shadow.rate === undefined;
-  return el("div", { class: "metric" },
-    el("div", { class: "metric-head" }, el("h4", { text: "Dark reads" })),
+  const blocked = clients.filter((row) => row.shadow_evidence && !row.shadow_evidence.ok).length;
+  const verdict = clients.length
+    ? badge(blocked ? `${fmtInt(blocked)} of ${fmtInt(clients.length)} clients short of the gate` : "every client passes the gate",
+      blocked ? "warn" : "good", "the gate for new needs enough comparisons and a low mismatch rate per client")
+    : null;
+  return el("div", { class: "metric", data: { testid: "shadow-block" } },
+    el("div", { class: "metric-head" }, el("h4", { text: "Dark reads" }), verdict),
     none
       ? el("p", { class: "figures" }, el("strong", { text: "no comparisons yet" }))
-      : el("p", { class: "figures" }, el("strong", { text: `${(shadow.rate * 100).toFixed(2)}%` }), " mismatch rate"),
+      : el("p", { class: "figures" }, el("strong", { text: fmtRate(shadow.rate) }), " mismatch rate"),
     el("p", { class: "muted small-text",
-      text: `${fmtInt(shadow.mismatched_comparisons)} of ${fmtInt(shadow.comparisons)} comparisons (${shadow.scope})` }));
+      text: `${fmtInt(shadow.mismatched_comparisons)} of ${fmtInt(shadow.comparisons)} comparisons mismatched` +
+        `${shadow.errors ? `, ${fmtInt(shadow.errors)} errors` : ""} (${shadow.scope || "unavailable"})` }));
+}
+
+// One client's shadow evidence: mismatched / compared, the rate, and the gate's verdict.
+function evidenceCell(ev) {
+  if (!ev) return el("span", { class: "muted", text: "-" });
+  const figures = `${fmtInt(ev.mismatches)} / ${fmtInt(ev.comparisons)}`;
+  return el("span", { class: "stack", data: { testid: "evidence" } },
+    el("span", {}, badge(ev.ok ? "passes" : "short", ev.ok ? "good" : "warn", ev.reason), ` ${figures}`),
+    el("small", { class: "muted", text: `rate ${fmtRate(ev.rate)}${ev.errors ? ` \u00b7 ${fmtInt(ev.errors)} errors` : ""}` }));
 }
 
 function renderEntity(entity) {
@@ -317,20 +342,23 @@ function renderEntity(entity) {
     ...entity.warnings.map((w) => el("p", { class: "error", text: `WARNING: ${w}` })),
     ...Object.entries(entity.errors || {}).map(([part, reason]) => el("p", { class: "error", text: `${part} unavailable: ${reason}` })),
   ];
-  const metrics = el("div", { class: "metrics" }, progressBlock(name, entity.backfill), shadowBlock(entity.shadow));
+  const metrics = el("div", { class: "metrics" }, progressBlock(name, entity.backfill), shadowBlock(entity.shadow, entity.clients));
+  const span = fmtWindow(entity.shadow.window_s);
   const rows = entity.clients.map((row) => el("tr", { data: { entity: name, client: row.client } },
     el("td", { class: "client", text: row.client }),
     el("td", {}, stageBadge(row.stage, row.changed_outside)),
     el("td", {}, backfillCell(row.backfill)),
     el("td", {}, verificationCell(row.verification)),
     el("td", { class: "num" }, row.shadow_mismatches
-      ? badge(fmtInt(row.shadow_mismatches), "bad", "recorded mismatches, last 24 h")
+      ? badge(fmtInt(row.shadow_mismatches), "bad", `recorded mismatches, last ${span}`)
       : el("span", { class: "muted", text: "0" })),
+    el("td", { class: "evidence" }, evidenceCell(row.shadow_evidence)),
     el("td", {}, lastChangeCell(row.last_change)),
     el("td", {}, actionsCell(name, row))));
   const table = rows.length
     ? el("table", { class: "clients" },
-      el("thead", {}, el("tr", {}, ["Client", "Stage", "Backfill", "Last verification", "Mismatches (24 h)", "Last change", "Actions"]
+      el("thead", {}, el("tr", {}, ["Client", "Stage", "Backfill", "Last verification", `Mismatches (${span})`,
+        `Shadow evidence (${span})`, "Last change", "Actions"]
         .map((h) => el("th", { text: h, class: h.startsWith("Mismatches") ? "num" : null })))),
       el("tbody", {}, rows))
     : el("p", { class: "muted", text: "no clients in either store yet" });

@@ -294,22 +294,22 @@ def get_verification_history(
 
 
 # -- shadow reads -----------------------------------------------------------------------
-@admin.get("/shadow/{entity}")
+@admin.get("/shadow/{entity}", response_model=shadow.ShadowReport)
 def get_shadow(
     entity: str,
     rt: RuntimeDep,
     client: str | None = None,
-    limit: int = Query(50, ge=1, le=1000),
-) -> dict[str, Any]:
-    """Recorded shadow mismatches (newest first), per-client counts and the rate."""
+    limit: int = Query(50, ge=1, le=1000, description="Recent mismatch records."),
+    client_limit: int = Query(1000, ge=0, le=100_000, description="Clients listed."),
+    window_s: int | None = Query(None, ge=60, description="Default: the gate's window."),
+) -> shadow.ShadowReport:
+    """Each client's shadow evidence over the window (comparisons, mismatches, rate, and
+    whether the gate's policy passes it), from every API process; the entity's totals;
+    recorded mismatches per client and the latest ones (newest first)."""
     with _answers():
-        name = rt.cfg.entity(entity).name
-        return {
-            "entity": name,
-            "rate": shadow.entity_rate(name),
-            "per_client": shadow.mismatch_counts(rt, name),
-            "recent": shadow.recent(rt, name, client, limit),
-        }
+        return shadow.report(
+            rt, entity, client=client, limit=limit, client_limit=client_limit, window_s=window_s
+        )
 
 
 # -- subscriptions ----------------------------------------------------------------------
