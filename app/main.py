@@ -3,8 +3,11 @@
 ``create_app(runtime)`` builds one app per process (uvicorn calls it in each worker,
 after any fork), wiring the stage reader, the read model and the shadow comparer onto
 ``app.state.services``. Errors are answered as JSON with a reason and never with a
-stack trace: a store that is down is a 503 naming it; flags never cause an error at all
-(the stage reader falls back to the last known stage).
+stack trace (:mod:`app.errors`): a store that is down, slow or refusing the login is a
+503 naming it; flags never cause an error at all (the stage reader falls back to the
+last known stage). The read model has stores of its own, with the read deadlines, and
+each store its own bounded pool of threads (:mod:`app.pools`). Routing is on the
+raw, percent-encoded path (:mod:`app.paths`), so ids may hold ``/``.
 """
 
 from __future__ import annotations
@@ -15,20 +18,21 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi import FastAPI
+from fastapi.responses import PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from cutover.redaction import redact
 from cutover.runtime import Runtime
 from cutover.settings import Settings
 from flags.evaluator import StageReader, StageSource
-from stores.mapping import MappingError
-from stores.rethink import RethinkUnavailable
-from stores.sql import StoreUnavailable
+from stores.rethink import RethinkStore
+from stores.sql import SqlStore
 
+from .admin.health import HealthCache, check_dependencies
 from .api.deps import Services
+from .errors import install_error_handlers
+from .paths import RouteOnRawPath
+from .pools import ReadPools
 from .reads import ReadModel
 from .shadow import MismatchRecorder, ShadowComparer
 
@@ -55,34 +59,27 @@ def _include_routers(app: FastAPI) -> None:
         app.include_router(module.router)
 
 
-def _error(status: int, error: str, reason: str, **extra: Any) -> JSONResponse:
-    headers = {"Retry-After": "5"} if status == 503 else None
-    return JSONResponse({"error": error, "reason": reason, **extra}, status, headers=headers)
-
-
-def _install_error_handlers(app: FastAPI) -> None:
-    @app.exception_handler(StoreUnavailable)
-    async def _sql_down(request: Request, exc: StoreUnavailable) -> JSONResponse:
-        return _error(503, "StoreUnavailable", redact(str(exc)), store="sql")
-
-    @app.exception_handler(RethinkUnavailable)
-    async def _rethink_down(request: Request, exc: RethinkUnavailable) -> JSONResponse:
-        return _error(503, "RethinkUnavailable", redact(str(exc)), store="rethinkdb")
-
-    @app.exception_handler(MappingError)
-    async def _bad_document(request: Request, exc: MappingError) -> JSONResponse:
-        return _error(502, "MappingError", f"the stored item cannot be served: {exc}")
-
-    @app.exception_handler(StarletteHTTPException)
-    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        if isinstance(exc.detail, dict):
-            return JSONResponse(exc.detail, exc.status_code, headers=exc.headers)
-        return _error(exc.status_code, "HTTPError", str(exc.detail))
-
-    @app.exception_handler(Exception)
-    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-        log.exception("unexpected error serving %s", request.url.path)
-        return _error(500, "InternalError", "unexpected error; see the server log")
+def read_model(runtime: Runtime, options: Settings) -> ReadModel:
+    """A read model over stores of its own: the read deadlines on every query (the
+    runtime's stores keep the timeouts that suit the workers' batch work) and one
+    connection per read thread."""
+    settings, cfg = runtime.settings, runtime.cfg
+    sql = SqlStore.from_settings(
+        settings,
+        cfg,
+        login_timeout_s=options.read_sql_timeout_s,
+        query_timeout_s=options.read_sql_timeout_s,
+        pool_size=options.read_sql_pool_size,
+        server_timeout=True,
+    )
+    rethink = RethinkStore.from_settings(
+        settings,
+        cfg,
+        timeout_s=min(settings.rethinkdb_timeout_s, options.read_rethinkdb_timeout_s),
+        query_timeout_s=options.read_rethinkdb_timeout_s,
+        pool_size=options.read_rethinkdb_pool_size,
+    )
+    return ReadModel(runtime, sql=sql, rethink=rethink)
 
 
 def create_app(
@@ -95,8 +92,10 @@ def create_app(
     rt = runtime or Runtime()
     opts = options or rt.settings
     reader = stages or StageReader(rt.settings)
-    reads = ReadModel(rt)
+    reads = read_model(rt, opts)
+    pools = ReadPools(opts)
     shadow = ShadowComparer(reads, MismatchRecorder(rt.sql), opts)
+    health = HealthCache(lambda: check_dependencies(rt.settings, rt.cfg))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -109,14 +108,17 @@ def create_app(
         finally:
             shadow.stop()
             reader.close()
+            pools.close()
+            reads.close()
 
     app = FastAPI(
         title="cutover read service",
         summary="Per-client reads from RethinkDB or the SQL store, by read stage.",
         lifespan=lifespan,
     )
-    app.state.services = Services(rt, reader, reads, shadow, opts)
-    _install_error_handlers(app)
+    app.state.services = Services(rt, reader, reads, shadow, opts, pools, health)
+    install_error_handlers(app)
+    app.add_middleware(RouteOnRawPath)
     _include_routers(app)
 
     @app.get("/metrics", tags=["ops"], response_class=PlainTextResponse)

@@ -9,6 +9,14 @@ None exactly when the listing is complete, in both stores.
 Values are presented the way both stores can hold them: datetimes in UTC to the
 millisecond (RethinkDB keeps no finer), integral numbers inside JSON as integers
 (RethinkDB has only doubles), so a client sees the same bytes before and after cutover.
+
+Every live row read from either store passes one check before it is served
+(:meth:`ReadModel._served`): it must map to the entity and stay within the contract's
+limits (:mod:`cutover.limits`), as everything written through cutover does. A row that
+does not (written around cutover, or before the limits existed) raises
+:class:`StoredValueInvalid` naming the entity, key and field, never the value: the API
+answers 503 for that item, and for any page that would hold it. So presenting and
+serialising a row only ever walks values of bounded depth.
 """
 
 from __future__ import annotations
@@ -16,6 +24,8 @@ from __future__ import annotations
 import base64
 import binascii
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
@@ -24,17 +34,37 @@ from prometheus_client import Counter
 
 from cutover.config import ColumnType, Entity
 from cutover.runtime import Runtime
-from stores.mapping import MappingError, Row, parse_datetime, row_from_document
+from stores.mapping import (
+    MappingError,
+    Row,
+    check_identity,
+    map_values,
+    parse_datetime,
+    row_from_document,
+)
+from stores.rethink import RethinkStore
+from stores.sql import SqlStore
 
 log = logging.getLogger(__name__)
 
 StoreName = Literal["old", "new"]
 
-UNMAPPABLE = Counter(
-    "cutover_read_unmappable_documents_total",
-    "RethinkDB documents skipped in a listing because they do not map to the entity",
-    ["entity"],
+INVALID = Counter(
+    "cutover_read_invalid_stored_values_total",
+    "Stored items not served because they do not map or exceed the contract's limits",
+    ["entity", "store"],
 )
+#: Longest reason given for an invalid stored item (it names a key, never a value).
+_REASON_CHARS = 500
+
+
+class StoredValueInvalid(Exception):
+    """A stored item that cannot be served; ``reason`` names entity, key and field."""
+
+    def __init__(self, store: StoreName, reason: str) -> None:
+        super().__init__(reason)
+        self.store = store
+        self.reason = reason
 
 
 class InvalidCursor(ValueError):
@@ -61,8 +91,6 @@ class Page:
     rows: list[Row]
     #: The last key served when another page exists, else None.
     next_after: str | None
-    #: Documents skipped because they do not map (old store only).
-    skipped: int = 0
 
 
 def _plain_json(value: Any) -> Any:
@@ -93,76 +121,141 @@ def _iso(value: datetime) -> str:
 
 
 class ReadModel:
-    """Pages and items of one client from either store, as :class:`Row`."""
+    """Pages and items of one client from either store, as :class:`Row`.
 
-    def __init__(self, runtime: Runtime) -> None:
+    ``sql`` and ``rethink`` default to the runtime's stores; the read API passes stores
+    of its own, with the read deadlines and pool sizes.
+    """
+
+    def __init__(
+        self,
+        runtime: Runtime,
+        *,
+        sql: SqlStore | None = None,
+        rethink: RethinkStore | None = None,
+    ) -> None:
         self.runtime = runtime
+        self._sql = sql
+        self._rethink = rethink
+
+    @property
+    def sql(self) -> SqlStore:
+        return self._sql if self._sql is not None else self.runtime.sql
+
+    @property
+    def rethink(self) -> RethinkStore:
+        return self._rethink if self._rethink is not None else self.runtime.rethink
+
+    def close(self) -> None:
+        """Close the stores this model was given (the runtime closes its own)."""
+        for store in (self._sql, self._rethink):
+            if store is not None:
+                store.close()
 
     def page(
         self, store: StoreName, entity: Entity, client_id: str, after: str | None, limit: int
     ) -> Page:
         if store == "new":
-            rows = self.runtime.sql.page(entity, client_id, after=after, limit=limit + 1)
-            return _cut(rows, limit)
+            with _decoding("new", entity):
+                rows = self.sql.page(entity, client_id, after=after, limit=limit + 1)
+            return _cut([self._served("new", entity, r) for r in rows], limit)
         return self._old_page(entity, client_id, after, limit)
 
     def _old_page(self, entity: Entity, client_id: str, after: str | None, limit: int) -> Page:
         """Live documents after ``after``: RethinkDB pages include tombstones, so read on
         until ``limit + 1`` live ones are found or the client's range ends."""
         live: list[Row] = []
-        skipped = 0
         position = after
         batch = limit + 1
         while len(live) <= limit:
-            docs = self.runtime.rethink.page(entity, client_id, after=position, limit=batch)
+            with _decoding("old", entity):
+                docs = self.rethink.page(entity, client_id, after=position, limit=batch)
             for doc in docs:
-                try:
-                    row = row_from_document(entity, doc)
-                except MappingError as exc:
-                    skipped += 1
-                    UNMAPPABLE.labels(entity.name).inc()
-                    log.warning("skipping an unmappable document: %s", exc)
-                    continue
+                row = self._from_document(entity, doc)
                 if not row.deleted:
                     live.append(row)
             if len(docs) < batch:
                 break
             position = docs[-1][entity.key]
-        page = _cut(live, limit)
-        return Page(page.rows, page.next_after, skipped)
+        return _cut(live, limit)
 
     def item(self, store: StoreName, entity: Entity, client_id: str, key: str) -> Row | None:
         """One live item of this client; None if absent, deleted or another client's.
 
-        A document that does not map raises MappingError (the caller answers 502).
+        A stored item that cannot be served raises :class:`StoredValueInvalid`.
         """
-        if store == "new":
-            row = self.runtime.sql.get(entity, key)
-        else:
-            doc = self.runtime.rethink.get(entity, key)
-            row = row_from_document(entity, doc) if doc is not None else None
+        row: Row | None
+        with _decoding(store, entity, key):
+            if store == "new":
+                row = self.sql.get(entity, key)
+            else:
+                doc = self.rethink.get(entity, key)
+                row = self._from_document(entity, doc) if doc is not None else None
         if row is None or row.deleted or row.client_id != client_id:
             return None
-        return row
+        return self._served(store, entity, row)
 
     def rows_for(
         self, store: StoreName, entity: Entity, client_id: str, keys: list[str]
     ) -> dict[str, Row]:
         """Live rows of these keys for this client, by key (for re-checks)."""
-        found: dict[str, Row] = {}
-        if store == "new":
-            rows = self.runtime.sql.get_many(entity, keys)
-        else:
-            rows = []
-            for doc in self.runtime.rethink.get_many(entity, keys):
-                try:
-                    rows.append(row_from_document(entity, doc))
-                except MappingError:
-                    UNMAPPABLE.labels(entity.name).inc()
-        for row in rows:
-            if not row.deleted and row.client_id == client_id:
-                found[row.key] = row
-        return found
+        with _decoding(store, entity):
+            if store == "new":
+                rows = self.sql.get_many(entity, keys)
+            else:
+                rows = [self._from_document(entity, d) for d in self.rethink.get_many(entity, keys)]
+        return {
+            row.key: self._served(store, entity, row)
+            for row in rows
+            if not row.deleted and row.client_id == client_id
+        }
+
+    # -- the one check of a stored row ----------------------------------------------------
+    def _from_document(self, entity: Entity, doc: dict[str, Any]) -> Row:
+        """A RethinkDB document as a row: the mapping checks types and limits."""
+        try:
+            return row_from_document(entity, doc)
+        except MappingError as exc:
+            raise _invalid("old", entity, exc) from None
+
+    def _served(self, store: StoreName, entity: Entity, row: Row) -> Row:
+        """``row`` if it may be served: tombstones as they are; a live row of the SQL store
+        through the same mapping a document or an event takes (types, then limits)."""
+        if store == "new" and not row.deleted:
+            try:
+                check_identity(entity, row.key, row.client_id)
+                map_values(entity, _as_fields(entity, row), key=row.key)
+            except MappingError as exc:
+                raise _invalid(store, entity, exc) from None
+        return row
+
+
+def _as_fields(entity: Entity, row: Row) -> dict[str, Any]:
+    """A row's values by source field, as :func:`map_values` reads an event's data."""
+    return {c.field: row.values.get(c.name) for c in entity.columns}
+
+
+def _invalid(store: StoreName, entity: Entity, exc: Exception) -> StoredValueInvalid:
+    INVALID.labels(entity.name, store).inc()
+    reason = f"a stored item cannot be served: {exc}"
+    if len(reason) > _REASON_CHARS:
+        reason = reason[: _REASON_CHARS - 3] + "..."
+    log.warning("not serving a stored item: %s", reason)
+    return StoredValueInvalid(store, reason)
+
+
+@contextmanager
+def _decoding(store: StoreName, entity: Entity, key: str | None = None) -> Iterator[None]:
+    """A store read whose answer cannot even be decoded (nested past the parser's
+    recursion limit: the SQL store names the key and column; RethinkDB's driver fails
+    before any key is known) is an invalid stored item too."""
+    try:
+        yield
+    except MappingError as exc:
+        raise _invalid(store, entity, exc) from None
+    except RecursionError:
+        where = f"{entity.name} {key!r:.200}" if key is not None else f"an {entity.name} item"
+        raise _invalid(store, entity, ValueError(f"{where} nests too deep to decode")) from None
 
 
 def _cut(rows: list[Row], limit: int) -> Page:

@@ -71,6 +71,7 @@ class Settings(BaseSettings):
 
     # Cutover gate: how old a clean verification may be before `flags set ... new`.
     gate_max_verification_age_s: int = 24 * 3600
+
     # Cutover gate: the shadow evidence `new` needs per client (flags.evidence).
     gate_min_shadow_comparisons: int = Field(
         100,
@@ -123,6 +124,21 @@ class Settings(BaseSettings):
     )
     read_default_limit: int = Field(100, ge=1, description="Items per page when none is asked.")
     read_max_limit: int = Field(1000, ge=1, description="Largest page a caller may ask for.")
+    read_sql_timeout_s: float = Field(
+        5.0, gt=0, le=300, description="Deadline of one read from the SQL store (then 503)."
+    )
+    read_rethinkdb_timeout_s: float = Field(
+        5.0, gt=0, le=300, description="Deadline of one read from RethinkDB (then 503)."
+    )
+    read_sql_pool_size: int = Field(
+        16, ge=1, le=256, description="Threads (and connections) serving SQL store reads."
+    )
+    read_rethinkdb_pool_size: int = Field(
+        16, ge=1, le=256, description="Threads (and connections) serving RethinkDB reads."
+    )
+    read_queue_size: int = Field(
+        64, ge=0, description="Reads of one store waiting for a thread; beyond it: 503 at once."
+    )
 
     @cached_property
     def dialect(self) -> Dialect:

@@ -247,10 +247,10 @@ class StageRules:
     def via(self, client_id: str, b: int | None = None) -> str:
         """Why the client is at its stage: ``pilot``, ``cohort``, ``held`` or ``default``."""
         b = self.bucket(client_id) if b is None else b
-        if client_id in self.new.pilot or client_id in self.shadow.pilot:
-            return "pilot"
         if client_id in self.new.excepted or client_id in self.shadow.excepted:
             return "held"
+        if client_id in self.new.pilot or client_id in self.shadow.pilot:
+            return "pilot"
         return "default" if self.cohort_stage(b) is Stage.OLD else "cohort"
 
     def moved(self, client_id: str, target: Stage, *, hold: bool = False) -> StageRules:
@@ -259,7 +259,7 @@ class StageRules:
         Forward (to ``new``, or ``shadow`` from ``old``) releases the client's
         exceptions up to ``target`` and lists it where no cohort covers it. Back, or
         with ``hold``, the client is held: excepted from every later cohort (even one
-        at 0%), off every later pilot list.
+        at 0%), off every later pilot list, and at ``shadow`` on its pilot list.
         """
         b = self.bucket(client_id)
         new, shadow = self.new, self.shadow
@@ -273,8 +273,9 @@ class StageRules:
         if hold or new.covers(b):
             new = new.with_exception(client_id, True)
         if target is Stage.SHADOW:
+            # Held: listed, so a shadow cohort lowered later cannot drop it to old.
             shadow = shadow.with_exception(client_id, False)
-            shadow = shadow.with_pilot(client_id, not shadow.covers(b))
+            shadow = shadow.with_pilot(client_id, hold or not shadow.covers(b))
         else:
             shadow = shadow.with_pilot(client_id, False)
             if hold or shadow.covers(b):

@@ -5,10 +5,16 @@ runtime's pooled stores, whose timeouts suit batch work), and all run at once un
 one deadline, so a hung dependency makes the answer late by the deadline at most and
 never makes it fail: whatever goes wrong becomes ``state: down`` with the reason
 (secrets redacted). The result also feeds the ``cutover_dependency_up`` gauge.
+
+The report names hosts, ports, URLs and drivers' messages: it is for the admin API
+(``/admin/health``). ``/healthz`` answers anyone, so it shows only each dependency's
+state (:func:`public_view`). Both read one :class:`HealthCache`: a result is reused for
+``ttl_s`` (1.5 s) and one check runs at a time, however often the endpoints are called.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, wait
@@ -149,6 +155,50 @@ def _timed(
         state = DOWN
     latency = round((time.monotonic() - started) * 1000, 1)
     return DependencyState(name, state, target, detail, latency)
+
+
+def public_view(report: dict[str, Any]) -> dict[str, Any]:
+    """What a caller without the admin token may see: states only, no targets or details."""
+    return {
+        "status": report["status"],
+        "checked_at": report["checked_at"],
+        "dependencies": {
+            name: {"state": dep["state"]} for name, dep in report["dependencies"].items()
+        },
+    }
+
+
+class HealthCache:
+    """The last report, reused for ``ttl_s``; one check in flight at a time.
+
+    Lives on one event loop (the app's): callers that arrive while a check runs await
+    that same check instead of starting another. The check itself runs in a thread.
+    """
+
+    def __init__(self, check: Callable[[], dict[str, Any]], ttl_s: float = 1.5) -> None:
+        self._check = check
+        self.ttl_s = ttl_s
+        self._report: dict[str, Any] | None = None
+        self._at = float("-inf")
+        self._running: asyncio.Future[dict[str, Any]] | None = None
+        #: Checks run so far (for tests and metrics).
+        self.checks = 0
+
+    async def report(self) -> dict[str, Any]:
+        if self._report is not None and time.monotonic() - self._at < self.ttl_s:
+            return self._report
+        if self._running is None:
+            self._running = asyncio.ensure_future(self._refresh())
+        return await asyncio.shield(self._running)
+
+    async def _refresh(self) -> dict[str, Any]:
+        try:
+            self.checks += 1
+            report = await asyncio.to_thread(self._check)
+            self._report, self._at = report, time.monotonic()
+            return report
+        finally:
+            self._running = None
 
 
 def check_dependencies(

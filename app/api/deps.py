@@ -11,6 +11,8 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
+from app.admin.health import HealthCache
+from app.pools import ReadPools
 from app.reads import ReadModel
 from app.shadow import ShadowComparer
 from cutover.runtime import Runtime
@@ -27,9 +29,15 @@ class Services:
     reads: ReadModel
     shadow: ShadowComparer
     options: Settings
+    #: The read API's threads, one bounded pool per store.
+    pools: ReadPools
+    #: The dependency checks behind /healthz and /admin/health (cached).
+    health: HealthCache
 
 
-def get_services(request: Request) -> Services:
+async def get_services(request: Request) -> Services:
+    """Async on purpose: a sync dependency would take a thread of Starlette's shared
+    pool for every request, the very pool a hung store could exhaust."""
     services: Services = request.app.state.services
     return services
 

@@ -12,6 +12,8 @@ from pathlib import Path
 from fastapi import APIRouter, HTTPException
 from fastapi.responses import FileResponse, RedirectResponse
 
+from app.paths import DecodedPathRoute
+
 HERE = Path(__file__).resolve().parent
 
 #: URL name -> (file, media type). Nothing else in the folder is served.
@@ -31,7 +33,7 @@ HEADERS = {
     "Cache-Control": "no-store",
 }
 
-router = APIRouter(tags=["console"], include_in_schema=False)
+router = APIRouter(tags=["console"], include_in_schema=False, route_class=DecodedPathRoute)
 
 
 @router.get("/console")

@@ -596,11 +596,13 @@ def test_healthz_reports_every_dependency_up(
     runtime = Runtime(settings, config)
     with TestClient(build_app(runtime)) as test_client:
         body = test_client.get("/healthz").json()
+        full = test_client.get("/admin/health", headers=AUTH).json()
         metrics = test_client.get("/metrics").text
     runtime.close()
     assert body["status"] == "ok", body
     assert set(body["dependencies"]) == {"pubsub", "sql", "rethinkdb", "unleash"}
     assert {d["state"] for d in body["dependencies"].values()} == {"up"}
+    assert {d["state"] for d in full["dependencies"].values()} == {"up"}
     assert 'cutover_dependency_up{dependency="rethinkdb"} 1.0' in metrics
 
 
@@ -614,7 +616,7 @@ def test_healthz_checks_a_real_unleash_server(
     )
     runtime = Runtime(settings, config)
     with TestClient(build_app(runtime)) as test_client:
-        response = test_client.get("/healthz")
+        response = test_client.get("/admin/health", headers=AUTH)
     runtime.close()
     unleash = response.json()["dependencies"]["unleash"]
     assert unleash["state"] == "up", unleash
@@ -632,7 +634,7 @@ def test_healthz_reports_a_stopped_dependency_as_down_without_failing(
     )
     runtime = Runtime(settings, config)
     with TestClient(build_app(runtime)) as test_client:
-        response = test_client.get("/healthz")
+        response = test_client.get("/admin/health", headers=AUTH)
         strict = test_client.get("/healthz", params={"strict": "true"})
         metrics = test_client.get("/metrics").text
     runtime.close()
@@ -664,8 +666,9 @@ def test_healthz_never_shows_secrets(
     runtime = Runtime(settings, config)
     app = build_app(runtime)
     with TestClient(app) as test_client:
-        text = test_client.get("/healthz").text
+        text = test_client.get("/admin/health", headers=AUTH).text
     runtime.close()
+    assert "rethinkdb" in text  # the full report
     assert "hunter2-secret" not in text
     assert "unleash-secret" not in text
     assert TOKEN not in text

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from flags_support import cli_env
 
 from cutover.cli import cli
 from cutover.runtime import Runtime
@@ -87,27 +88,6 @@ def test_unknown_client_is_refused_unless_forced(file_runtime: Runtime, orders: 
 
 
 # -- the CLI ----------------------------------------------------------------------------
-def _cli_env(tmp_path: Path, file_runtime: Runtime) -> dict[str, str]:
-    """A config file whose entities are this test's (private RethinkDB db, same names)."""
-    cfg = file_runtime.cfg
-    toml = []
-    for ent in cfg.entities.values():
-        toml.append(f"[entities.{ent.name}]")
-        toml.append(f'topic = "{ent.topic}"\nrethinkdb_db = "{ent.rethinkdb_db}"')
-        toml.append(f'rethinkdb_table = "{ent.rethinkdb_table}"\nsql_table = "{ent.sql_table}"')
-        toml.append(f"[entities.{ent.name}.columns]")
-        toml.extend(f'{c.name} = "{c.type.value}"' for c in ent.columns)
-    path = tmp_path / "cutover-test.toml"
-    path.write_text("\n".join(toml) + "\n")
-    s = file_runtime.settings
-    return {
-        "CUTOVER_CONFIG_FILE": str(path),
-        "CUTOVER_STATE_DIR": str(s.state_dir),
-        "CUTOVER_RETHINKDB_HOST": s.rethinkdb_host,
-        "CUTOVER_RETHINKDB_PORT": str(s.rethinkdb_port),
-    }
-
-
 def test_cli_gate_refusal_then_force_is_audited(
     tmp_path: Path,
     file_runtime: Runtime,
@@ -117,7 +97,7 @@ def test_cli_gate_refusal_then_force_is_audited(
 ) -> None:
     seed_both(file_runtime, orders, clients=2)
     monkeypatch.chdir(tmp_path)  # no .env / services.env from the checkout
-    env = _cli_env(tmp_path, file_runtime)
+    env = cli_env(tmp_path, file_runtime)
     runner = CliRunner()
 
     refused = runner.invoke(cli, ["flags", "set", orders, "client-001", "new"], env=env)
@@ -169,7 +149,7 @@ def test_cli_rejects_padded_ids_and_unknown_entities(
     tmp_path: Path, file_runtime: Runtime, orders: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.chdir(tmp_path)
-    env = _cli_env(tmp_path, file_runtime)
+    env = cli_env(tmp_path, file_runtime)
     padded = CliRunner().invoke(cli, ["flags", "set", orders, "acme ", "shadow"], env=env)
     assert padded.exit_code == 2 and "surrounding spaces" in padded.output
     unknown = CliRunner().invoke(cli, ["flags", "set", "nope", "acme", "shadow"], env=env)
@@ -251,7 +231,7 @@ def test_cli_status_json_and_kill_needs_confirmation(
 
     seed_both(file_runtime, orders, clients=2)
     monkeypatch.chdir(tmp_path)
-    env = _cli_env(tmp_path, file_runtime)
+    env = cli_env(tmp_path, file_runtime)
     runner = CliRunner()
     assert (
         runner.invoke(cli, ["flags", "set", orders, "client-000", "shadow"], env=env).exit_code == 0

@@ -7,7 +7,10 @@ through each area's own functions (stage changes through ``FlagService`` and its
 gate, pause/resume through ``backfill.control``, replays through the subscribers
 area). Refusals come back as JSON ``{"error", "reason"}``: 409 when the gate refuses,
 404 for an unknown entity or subscription, 502 when the flag backend fails, 503 when
-a store is down (the app's handlers). ``/healthz`` needs no token and never fails.
+a store is down (the app's handlers). ``/healthz`` needs no token and never fails; it
+shows each dependency's state only, and ``/admin/health`` the full report (targets,
+reasons, latencies). Path parameters are percent-encoded segments, decoded once by the
+route class (:mod:`app.paths`), so a client id may hold ``/``.
 """
 
 from __future__ import annotations
@@ -22,8 +25,9 @@ from pydantic import BaseModel, Field
 
 from app.admin import audit, backfill, overview, shadow, stages, subscriptions, verification
 from app.admin.auth import AdminDep, require_admin
-from app.admin.health import check_dependencies
+from app.admin.health import public_view
 from app.api.deps import ServicesDep
+from app.paths import DecodedPathRoute
 from cutover.config import ConfigError
 from cutover.redaction import redact
 from cutover.runtime import Runtime
@@ -39,6 +43,7 @@ def _no_store(response: Response) -> None:
 admin = APIRouter(
     prefix="/admin",
     tags=["admin"],
+    route_class=DecodedPathRoute,
     dependencies=[Depends(require_admin), Depends(_no_store)],
     responses={
         401: {"description": "missing or invalid bearer token"},
@@ -359,22 +364,34 @@ def get_audit(
         return audit.entries(rt, entity=entity, limit=limit)
 
 
-# -- ops (no token) ---------------------------------------------------------------------
-ops = APIRouter(tags=["ops"])
+# -- health -----------------------------------------------------------------------------
+def _health_answer(report: dict[str, Any], strict: bool) -> JSONResponse:
+    status = 503 if strict and report["status"] != "ok" else 200
+    return JSONResponse(report, status, headers={"Cache-Control": "no-store"})
+
+
+@admin.get("/health")
+async def get_health(services: ServicesDep, strict: bool = False) -> JSONResponse:
+    """Each dependency (Pub/Sub, SQL store, RethinkDB, Unleash): state, what was checked
+    (host, port, URL), the reason when down and the latency. Secrets are redacted.
+    ``?strict=true`` answers 503 when any is down."""
+    return _health_answer(await services.health.report(), strict)
+
+
+ops = APIRouter(tags=["ops"], route_class=DecodedPathRoute)
 
 
 @ops.get("/healthz")
-def dependency_health(services: ServicesDep, strict: bool = False) -> JSONResponse:
-    """Each dependency (Pub/Sub, SQL store, RethinkDB, Unleash) with its state.
+async def dependency_health(services: ServicesDep, strict: bool = False) -> JSONResponse:
+    """Each dependency (Pub/Sub, SQL store, RethinkDB, Unleash) with its state, up or down.
 
     Always 200 (a status page that never fails), unless ``?strict=true``: then 503
-    when any dependency is down, for load balancers. Checks run in parallel with ~2 s
-    timeouts; no secrets in the answer.
+    when any dependency is down, for load balancers. No hosts, ports, user names, URLs
+    or reasons: those are in ``/admin/health``. Checks run in parallel with ~2 s
+    timeouts; a result is reused for 1.5 s and one check runs at a time, so calling
+    this often costs nothing.
     """
-    rt = services.runtime
-    report = check_dependencies(rt.settings, rt.cfg)
-    status = 503 if strict and report["status"] != "ok" else 200
-    return JSONResponse(report, status, headers={"Cache-Control": "no-store"})
+    return _health_answer(public_view(await services.health.report()), strict)
 
 
 #: What ``app.main`` mounts: ``/admin/...`` and ``/healthz``.
