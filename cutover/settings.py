@@ -71,7 +71,6 @@ class Settings(BaseSettings):
 
     # Cutover gate: how old a clean verification may be before `flags set ... new`.
     gate_max_verification_age_s: int = 24 * 3600
-
     # Cutover gate: the shadow evidence `new` needs per client (flags.evidence).
     gate_min_shadow_comparisons: int = Field(
         100,
