@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from cutover.config import Column, ColumnType, Entity
-from cutover.limits import LimitError, check_json, check_text
+from cutover.limits import MAX_SAFE_INTEGER, LimitError, check_json, check_text
 
 if TYPE_CHECKING:  # the event model is pydantic: not needed to map documents
     from cutover.events import Event
@@ -81,8 +81,10 @@ def _checker(column: Column) -> Check:
         def check(value: Any) -> Any:
             if type(value) is not int and (isinstance(value, bool) or not isinstance(value, int)):
                 raise ValueError(f"expected an integer, got {type(value).__name__}")
-            if not -(2**63) <= value < 2**63:
-                raise ValueError("integer out of the 64-bit range")
+            if not -MAX_SAFE_INTEGER <= value <= MAX_SAFE_INTEGER:
+                # RethinkDB keeps numbers as doubles: a larger integer would be stored
+                # as another number there, and the stores would diverge.
+                raise ValueError("is an integer beyond +/- 2**53 (not exact in a double)")
             return value
 
     elif kind is ColumnType.FLOAT:
@@ -90,9 +92,13 @@ def _checker(column: Column) -> Check:
         def check(value: Any) -> Any:
             if isinstance(value, bool) or not isinstance(value, int | float):
                 raise ValueError(f"expected a number, got {type(value).__name__}")
-            if not math.isfinite(value):
+            try:
+                number = float(value)
+            except OverflowError:  # an integer beyond the largest double
+                raise ValueError("is a number out of the range of a double") from None
+            if not math.isfinite(number):
                 raise ValueError("NaN and infinity cannot be stored")
-            return float(value)
+            return number
 
     elif kind is ColumnType.BOOL:
 
@@ -137,7 +143,10 @@ def parse_datetime(value: Any) -> datetime:
         return value.replace(tzinfo=UTC)
     if value.tzinfo is UTC:
         return value
-    return value.astimezone(UTC)
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:  # 0001-01-01T00:00+01:00 or 9999-12-31T23:59-01:00
+        raise ValueError(f"timestamp {value.isoformat()} is out of range in UTC") from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,7 +197,16 @@ def map_values(
 
 
 def check_identity(entity: Entity, key: str, client_id: str) -> None:
-    """A key and a client id the stores and the API can all carry (:mod:`cutover.limits`)."""
+    """A key and a client id the stores and the API can all carry (:mod:`cutover.limits`).
+
+    The key also fits the SQL key column (``key_max_length``): RethinkDB would take a
+    longer one that the SQL store refuses, and the stores would diverge.
+    """
+    if len(key) > entity.key_max_length:
+        raise MappingError(
+            f"{entity.name} {key[:80]!r}...: the key is {len(key)} characters, "
+            f"longer than {entity.key_max_length} (the entity's key_max_length)"
+        )
     for what, value in (("key", key), ("client id", client_id)):
         try:
             check_text(value)
@@ -196,11 +214,19 @@ def check_identity(entity: Entity, key: str, client_id: str) -> None:
             raise MappingError(f"{entity.name} {value!r:.80}: the {what} {exc}") from None
 
 
+def _check_version(entity: Entity, key: str, version: int) -> None:
+    """Versions up to 2**53: RethinkDB compares them as doubles, so two larger versions
+    could compare equal there and the stores would apply different rows."""
+    if version > MAX_SAFE_INTEGER:
+        raise MappingError(f"{entity.name} {key!r:.80}: version {version} is beyond 2**53")
+
+
 def row_from_event(entity: Entity, event: Event) -> Row:
     """The row an event asks for; a delete carries no values."""
     if event.entity != entity.name:
         raise MappingError(f"event {event.event_id!r} is for {event.entity!r}, not {entity.name!r}")
     check_identity(entity, event.id, event.client_id)
+    _check_version(entity, event.id, event.version)
     if event.op == "delete":
         return Row(event.id, event.client_id, event.version, True, tombstone_values(entity))
     return Row(
@@ -227,6 +253,7 @@ def row_from_document(entity: Entity, doc: Mapping[str, Any]) -> Row:
         version = int(version)  # RethinkDB numbers are doubles on the wire
     if isinstance(version, bool) or not isinstance(version, int) or version < 0:
         raise MappingError(f"{where}: version field {entity.version!r} missing or not an int >= 0")
+    _check_version(entity, key, version)
     if doc.get(entity.deleted_marker):
         return Row(key, client, version, True, tombstone_values(entity))
     return Row(key, client, version, False, map_values(entity, doc, key=key, floats_as_ints=True))
