@@ -1,19 +1,28 @@
 """The poison-message log: record, list, show and replay.
 
-A message the handler cannot apply (not JSON, fails the contract, unknown entity, a
-value of the wrong type, or a row the SQL store rejects) is recorded in
-``subs_failures`` and then acked: one bad message never blocks the stream. The record
-keeps the raw body, attributes, message id, error, attempt count and first/last seen,
-so an engineer can fix the cause (the producer, the config, or the body itself) and
-replay it; a replay goes through the same version-guarded write path as the stream, so
-a replayed event older than the stored row changes nothing.
+A message the handler cannot apply (not JSON, fails the contract or its limits,
+unknown entity, a value of the wrong type, a row a store rejects, or anything else that
+one message alone makes fail) is recorded in ``subs_failures`` and then acked: one bad
+message never blocks the stream. The record keeps the raw body, attributes, message
+id, error, attempt count and first/last seen, so an engineer can fix the cause (the
+producer, the config, or the body itself) and replay it. A replay is judged and written
+as the stream does it: the same decoding, the same version-guarded write, the same
+containment (a body that still fails stays open with the new reason), so a replayed
+event older than the stored row changes nothing.
+
+Recording never fails because of what a message holds: a body of any bytes is kept
+(base64 when it is not text every store keeps as it is), and the texts stored with it
+(error, ordering key, attributes, message id) are cleaned: NUL, lone surrogates and
+characters from U+100000 up written as escapes, lengths bounded.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import json
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -22,13 +31,14 @@ from typing import Any, Literal
 from cutover.clock import now_utc
 from cutover.config import ConfigError, Subscription
 from cutover.events import EventError
+from cutover.redaction import redact
 from cutover.runtime import Runtime
-from stores.mapping import MappingError
-from stores.sql import SqlStore, StatementCursors, bookkeeping
+from stores.mapping import Row
+from stores.sql import SqlStore, StatementCursors, StoreUnavailable, bookkeeping
 
 from . import audit
-from .decode import decode
-from .sinks import sink_for
+from .decode import decode, reason
+from .sinks import blame, sink_for
 from .tables import FAILURES
 
 Status = Literal["open", "replayed"]
@@ -48,6 +58,9 @@ class Poison:
     ordering_key: str
     delivery_attempt: int
     error: str
+    #: Store it plainly: ASCII text only, the body in base64 (the last resort when the
+    #: failure log refused the entry as it was).
+    plain: bool = False
 
 
 @dataclass(frozen=True)
@@ -87,14 +100,27 @@ class ReplayOutcome:
 
 
 # -- storing ----------------------------------------------------------------------------
-def _encode_body(data: bytes) -> tuple[str, str]:
-    """Text when the body is UTF-8 without NUL (PostgreSQL text cannot hold NUL)."""
-    try:
-        text = data.decode("utf-8")
-        if "\x00" not in text:
-            return text, "utf-8"
-    except UnicodeDecodeError:
-        pass
+#: Characters not every store keeps as they are: NUL (PostgreSQL text), lone surrogates
+#: (not UTF-8 or UTF-16), U+100000 and up (the SQLite stand-in's driver cuts text there).
+_UNSAFE = re.compile("[\x00\ud800-\udfff\U00100000-\U0010ffff]")
+#: Characters of an error kept in the log (the reason comes first; drivers may go on
+#: quoting the whole statement).
+MAX_ERROR_CHARS = 4000
+#: Characters kept of an ordering key and of each attribute (Pub/Sub allows 1 KiB).
+MAX_TEXT_CHARS = 1024
+#: The message id is the entry's key (a column of 255).
+MAX_ID_CHARS = 255
+
+
+def _encode_body(data: bytes, plain: bool = False) -> tuple[str, str]:
+    """Text when the body is UTF-8 that every store keeps as it is, else base64."""
+    if not plain:
+        try:
+            text = data.decode("utf-8")
+            if _UNSAFE.search(text) is None:
+                return text, "utf-8"
+        except UnicodeDecodeError:
+            pass
     return base64.b64encode(data).decode("ascii"), "base64"
 
 
@@ -109,8 +135,42 @@ def _decode_body(text: str | None, encoding: str) -> bytes:
     return text.encode("utf-8")
 
 
-def _clean(text: str) -> str:
-    return text.replace("\x00", "\\x00")
+def clean(text: str, limit: int = MAX_ERROR_CHARS, *, plain: bool = False) -> str:
+    """``text`` as every store keeps it: unsafe characters escaped, at most about
+    ``limit`` characters (a longer text ends with how much was cut); ASCII if ``plain``.
+    A cleaned text holds no unsafe character, so cleaning it again only shortens it.
+    """
+    if len(text) > limit:
+        text = f"{text[:limit]}... ({len(text) - limit:,} more characters)"
+    if not text.isascii():
+        text = _UNSAFE.sub(_escape, text)
+        if plain:
+            text = text.encode("ascii", "backslashreplace").decode("ascii")
+    elif "\x00" in text:
+        text = text.replace("\x00", "\\x00")
+    return text
+
+
+def _escape(match: re.Match[str]) -> str:
+    return match.group().encode("unicode_escape").decode("ascii")
+
+
+def _key(message_id: str) -> str:
+    """The message id as the entry's key: cleaned; a longer one is cut and ends with a
+    hash of the whole, so two long ids stay two entries. A key maps to itself."""
+    text = clean(message_id, 10 * MAX_ID_CHARS)
+    if len(text) <= MAX_ID_CHARS:
+        return text
+    digest = hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+    return f"{text[: MAX_ID_CHARS - 18]}~{digest}"
+
+
+def _attributes(attributes: Mapping[str, str], plain: bool) -> dict[str, str]:
+    if plain:
+        return {}
+    return {
+        clean(str(k), MAX_TEXT_CHARS): clean(str(v), MAX_TEXT_CHARS) for k, v in attributes.items()
+    }
 
 
 def record(
@@ -120,33 +180,36 @@ def record(
 
     A message seen again (redelivered, or replayed and still failing) keeps its first
     record: its attempts grow, its error and last-seen time are updated, and it is open
-    again.
+    again. What is stored is cleaned (see the module docstring), so no body and no
+    error text can make this fail.
     """
     d, q = store.dialect, store.dialect.quote
     now = now_utc()
     for poison in poisons:
+        message_id = _key(poison.message_id)
+        error = clean(poison.error, plain=poison.plain)
         cursor.execute(
             f"UPDATE {q(FAILURES.name)} SET {q('attempts')} = {q('attempts')} + 1, "
             f"{q('error')} = ?, {q('last_seen')} = {d.placeholder('datetime')}, "
             f"{q('status')} = ? WHERE {q('subscription')} = ? AND {q('message_id')} = ?",
-            _clean(poison.error),
+            error,
             d.to_db("datetime", now),
             "open",
             subscription.name,
-            poison.message_id,
+            message_id,
         )
         if cursor.rowcount:
             continue
-        body, encoding = _encode_body(poison.data)
+        body, encoding = _encode_body(poison.data, poison.plain)
         values = {
             "subscription": subscription.name,
-            "message_id": poison.message_id,
+            "message_id": message_id,
             "entity": subscription.entity,
             "data": body,
             "data_encoding": encoding,
-            "attributes": dict(poison.attributes),
-            "ordering_key": _clean(poison.ordering_key),
-            "error": _clean(poison.error),
+            "attributes": _attributes(poison.attributes, poison.plain),
+            "ordering_key": clean(poison.ordering_key, MAX_TEXT_CHARS, plain=poison.plain),
+            "error": error,
             "attempts": max(1, poison.delivery_attempt),
             "first_seen": now,
             "last_seen": now,
@@ -224,10 +287,12 @@ def replay(
     """Re-apply one failed message after a fix, through the subscription's sink.
 
     ``data`` replaces the stored body (a corrected message); without it the stored body
-    is judged again under the current config. Still poison: the entry stays open with
-    attempts + 1 and the new error. Applied or stale (a newer version is already
-    stored): the entry is marked replayed, in the same transaction as the row for the
-    SQL sink. Every replay that writes is audited.
+    is judged again under the current config. Whatever the body does while it is
+    decoded or written, it is judged as the stream judges it: still poison, the entry
+    stays open with attempts + 1 and the new error. Applied or stale (a newer version is
+    already stored): the entry is marked replayed, in the same transaction as the row
+    for the SQL sink. A failure of a store raises :class:`StoreUnavailable` and changes
+    nothing. Every replay that writes is audited.
     """
     jobs = runtime.cfg.jobs
     if jobs is not None and failure.subscription == jobs.subscription:
@@ -237,32 +302,20 @@ def replay(
     store = runtime.sql
     body = failure.data if data is None else data
     outcome = ReplayOutcome(sub.name, failure.message_id, "would-apply")
+    error: str | None = None
     try:
         event, row = decode(runtime.cfg, entity, body)
-    except (EventError, MappingError) as exc:
-        outcome.result, outcome.detail = "failed", str(exc)
-        if not dry_run:
-            poison = Poison(
-                failure.message_id,
-                failure.data,
-                failure.attributes,
-                failure.ordering_key,
-                failure.attempts,
-                f"replay: {exc}",
-            )
-            with store.transaction() as cur:
-                record(store, cur, sub, [poison])
+    except Exception as exc:  # as the handler does: any failure is this body's
+        error = reason(exc)
     else:
         outcome.extra = {"id": event.id, "version": event.version, "op": event.op}
         if dry_run:
             return outcome
-        sink = sink_for(runtime, sub)
-        with store.transaction() as cur:
-            result = sink.write(entity, [row], cur)
-            outcome.result = "applied" if result.applied else "stale"
-            note = outcome.result + (" (corrected body)" if data is not None else "")
-            _resolve(store, cur, failure, note)
-        outcome.detail = note
+        error = _apply(runtime, failure, row, data is not None, outcome)
+    if error is not None:
+        outcome.result, outcome.detail = "failed", clean(error)
+        if not dry_run:
+            _still_open(store, sub, failure, f"replay: {error}")
     if not dry_run:
         details: dict[str, Any] = {
             "message_id": failure.message_id,
@@ -271,9 +324,48 @@ def replay(
             **outcome.extra,
         }
         if data is not None:
-            details["corrected_body"] = body.decode("utf-8", "replace")[:10_000]
+            details["corrected_body"] = clean(body.decode("utf-8", "replace"), 10_000)
         audit.write(store, "replay", sub.name, details, actor)
     return outcome
+
+
+def _apply(
+    runtime: Runtime, failure: Failure, row: Row, corrected: bool, outcome: ReplayOutcome
+) -> str | None:
+    """Write the row and close the entry in one transaction; the reason the row is
+    poison when the store refuses it (judged by :func:`~subscribers.sinks.blame`)."""
+    sub = runtime.cfg.subscription(failure.subscription)
+    entity = runtime.cfg.entity(sub.entity)
+    store, sink = runtime.sql, sink_for(runtime, sub)
+    try:
+        with store.transaction() as cur:
+            result = sink.write(entity, [row], cur)
+            applied: Literal["applied", "stale"] = "applied" if result.applied else "stale"
+            note = applied + (" (corrected body)" if corrected else "")
+            _resolve(store, cur, failure, note)
+    except Exception as exc:
+        if sink.store_failure(exc):
+            raise StoreUnavailable(
+                f"replay of {failure.message_id!r} changed nothing: {sink.label} failed: "
+                f"{type(exc).__name__}: {redact(str(exc)[:1000])}"
+            ) from exc
+        return blame(sink, entity, exc)
+    outcome.result, outcome.detail = applied, note
+    return None
+
+
+def _still_open(store: SqlStore, sub: Subscription, failure: Failure, error: str) -> None:
+    """The entry stays open: one more attempt, the new error."""
+    poison = Poison(
+        failure.message_id,
+        failure.data,
+        failure.attributes,
+        failure.ordering_key,
+        failure.attempts,
+        error,
+    )
+    with store.transaction() as cur:
+        record(store, cur, sub, [poison])
 
 
 def _replay_job(
@@ -340,6 +432,8 @@ def load_body(path: str) -> bytes:
         data = fh.read()
     try:
         json.loads(data)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise EventError(f"{path}: the corrected body is not JSON: {exc}") from None
+    except RecursionError:
+        pass  # JSON nested deeper than Python parses: the replay refuses it with the reason
+    except ValueError as exc:  # not UTF-8, not JSON
+        raise EventError(f"{path}: the corrected body is not JSON: {str(exc)[:300]}") from None
     return data
