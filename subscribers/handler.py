@@ -1,15 +1,29 @@
 """One batch of messages in, one transaction out: the handler's core, without Pub/Sub.
 
 The worker hands a batch here and acks it only when :meth:`BatchHandler.handle`
-returns; any exception means "nothing of this batch may be acked" and the worker nacks
+returns; an exception means "nothing of this batch may be acked" and the worker nacks
 it. Inside one SQL transaction: the rows go through the sink's version-guarded write,
 poison messages go to the failure log, the subscription's counters grow; then commit.
 
-A row the SQL store itself rejects (SQLSTATE class 22/23: a value the database will
-not take) would fail the whole batch forever, so the batch is split in halves until
-the offending message is alone, and that one is logged as poison. Every other store
-error (connection lost, deadlock, timeout, missing table) propagates: the batch is
-redelivered later and nothing is recorded as poison for a problem of the store.
+One message costs at most one failure-log entry, never the batch or the worker, by
+construction rather than by a list of known errors:
+
+- Decoding never raises: whatever a body does (any exception, a recursion), it becomes
+  that message's error.
+- A failed transaction is classified by the sink (:meth:`~subscribers.sinks.Sink.store_failure`).
+  A failure of a store (connection, timeout, deadlock, authentication, shutdown, a
+  missing table) propagates: the batch is redelivered later and nothing is recorded as
+  poison. Any other failure was caused by some message: the batch is split in halves,
+  each committed on its own, until the message responsible is alone; it is recorded as
+  poison with the reason once a trivial read shows the store itself works
+  (:func:`~subscribers.sinks.blame`). Every part is classified again, so a store that
+  fails during a split still nacks the whole batch; the parts already committed are
+  re-applied as stale when it comes back. RethinkDB writes are not transactional: a
+  failed part may have written some of its rows, and writing them again changes
+  nothing (the version rules), they count as stale.
+- Recording a poison entry cleans what it stores (:func:`~subscribers.failures.record`).
+  Should the failure log still refuse an entry, a plain one (ASCII text, the body in
+  base64, no attributes) is recorded instead, so the body is never lost.
 """
 
 from __future__ import annotations
@@ -19,18 +33,16 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol
 
-import pyodbc
-
-from cutover.events import Event, EventError
+from cutover.events import Event
 from cutover.redaction import redact
 from cutover.runtime import Runtime
 from cutover.tables import all_tables
-from stores.mapping import MappingError, Row
+from stores.mapping import Row
 from stores.sql import WriteResult
 
 from . import counters, failures
-from .decode import decode
-from .sinks import Sink, sink_for
+from .decode import decode, reason
+from .sinks import Sink, blame, sink_for
 
 
 class MessageLike(Protocol):
@@ -70,9 +82,19 @@ class _Item:
     event: Event | None = None
     row: Row | None = None
     error: str | None = None
+    #: The failure log refused this entry as it was: record it plainly.
+    plain: bool = False
+
+    def fail(self, error: str) -> None:
+        """Make this message poison (its row is not written)."""
+        self.event, self.row, self.error = None, None, error
 
     def poison(self) -> failures.Poison:
         m = self.message
+        if self.plain:
+            return failures.Poison(
+                m.message_id, bytes(m.data), {}, "", 1, self.error or "", plain=True
+            )
         return failures.Poison(
             m.message_id,
             bytes(m.data),
@@ -81,14 +103,6 @@ class _Item:
             m.delivery_attempt or 1,
             self.error or "unknown error",
         )
-
-
-def is_data_error(exc: BaseException) -> bool:
-    """The database refused a value (not a transient or schema problem)."""
-    if isinstance(exc, pyodbc.DataError | pyodbc.IntegrityError):
-        return True
-    state = str(exc.args[0]) if isinstance(exc, pyodbc.Error) and exc.args else ""
-    return state.startswith(("22", "23"))
 
 
 class BatchHandler:
@@ -132,34 +146,38 @@ class BatchHandler:
         item = _Item(message)
         try:
             item.event, item.row = decode(self.runtime.cfg, self.entity, message.data)
-        except (EventError, MappingError) as exc:
-            item.error = str(exc)
+        except Exception as exc:  # whatever one body does, it is that message's error
+            item.error = reason(exc)
         return item
 
     def _commit(self, items: list[_Item]) -> BatchOutcome:
+        """Commit ``items``, isolating the message(s) that make the transaction fail."""
+        try:
+            return self._transaction(items)
+        except Exception as exc:
+            if self.sink.store_failure(exc):
+                raise
+            return self._isolate(items, exc)
+
+    def _transaction(self, items: list[_Item]) -> BatchOutcome:
         good = [i for i in items if i.row is not None]
         poisons = [i.poison() for i in items if i.row is None]
         # Key order: concurrent workers lock rows in one order, so they cannot deadlock.
         rows = sorted((i.row for i in good if i.row is not None), key=lambda r: r.key)
-        try:
-            with self.sql.transaction() as cur:
-                result = self.sink.write(self.entity, rows, cur) if rows else WriteResult()
-                if poisons:
-                    failures.record(self.sql, cur, self.subscription, poisons)
-                newest = max((i.event.occurred_at for i in good if i.event), default=None)
-                counters.add(
-                    self.sql,
-                    cur,
-                    self.subscription.name,
-                    applied=result.applied,
-                    stale=result.stale,
-                    failed=len(poisons),
-                    newest_event=newest,
-                )
-        except pyodbc.Error as exc:
-            if not is_data_error(exc) or not good:
-                raise
-            return self._split(items, exc)
+        with self.sql.transaction() as cur:
+            result = self.sink.write(self.entity, rows, cur) if rows else WriteResult()
+            if poisons:
+                failures.record(self.sql, cur, self.subscription, poisons)
+            newest = max((i.event.occurred_at for i in good if i.event), default=None)
+            counters.add(
+                self.sql,
+                cur,
+                self.subscription.name,
+                applied=result.applied,
+                stale=result.stale,
+                failed=len(poisons),
+                newest_event=newest,
+            )
         return BatchOutcome(
             result.applied,
             result.stale,
@@ -167,14 +185,23 @@ class BatchHandler:
             [i.event.occurred_at for i in good if i.event],
         )
 
-    def _split(self, items: list[_Item], exc: pyodbc.Error) -> BatchOutcome:
-        """Isolate the message(s) the store refuses; commit the rest in smaller batches."""
-        good = [i for i in items if i.row is not None]
-        if len(good) == 1:
-            good[0].row = None
-            good[0].error = f"the SQL store rejected the row: {redact(str(exc))}"
-            return self._commit(items)
-        half = len(items) // 2
-        outcome = self._commit(items[:half])
-        outcome += self._commit(items[half:])
-        return outcome
+    def _isolate(self, items: list[_Item], exc: Exception) -> BatchOutcome:
+        """Commit the halves of a batch that failed because of a message, down to the
+        one message responsible, which becomes poison (see the module docstring)."""
+        if len(items) > 1:
+            half = len(items) // 2
+            outcome = self._commit(items[:half])
+            outcome += self._commit(items[half:])
+            return outcome
+        [item] = items
+        if item.row is not None:
+            item.fail(blame(self.sink, self.entity, exc))
+        elif not item.plain:
+            item.plain = True
+            item.error = (
+                f"{item.error} (recorded plainly: the failure log refused the entry: "
+                f"{type(exc).__name__}: {redact(str(exc)[:1000])})"
+            )
+        else:
+            raise exc  # not even a plain entry can be written: retried as a store failure
+        return self._commit(items)

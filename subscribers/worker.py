@@ -7,7 +7,9 @@ transaction through :class:`~subscribers.handler.BatchHandler` and acks its mess
 only after the commit (decoding the next batch overlaps the previous commit). A store
 error nacks the whole batch (Pub/Sub redelivers it) and the committer backs off before
 trying the next one: the worker never stops for a store outage and needs no restart
-when the store returns.
+when the store returns. Nothing one message does stops it either: the handler turns
+whatever a message causes, while it is decoded or written, into one failure-log entry
+and applies the rest of its batch (see :mod:`subscribers.handler`).
 
 Stopping (``stop()``, SIGTERM, SIGINT): new deliveries are nacked at once, the batch in
 hand is finished, committed and acked, messages still queued are nacked, and only then
@@ -216,7 +218,10 @@ class _Runner:
                 backoff = w.min_backoff_s
                 for _, message in batch:
                     message.ack()
-                self._observe(outcome, batch)
+                try:
+                    self._observe(outcome, batch)
+                except Exception:  # the metrics of one batch are not worth the worker
+                    log.exception("%s: metrics of a committed batch not recorded", self.sub.name)
         except BaseException as exc:
             self._crashed("committer", exc)
         finally:
