@@ -199,6 +199,22 @@ def world(
 
 
 @pytest.fixture
+def sqlite_world(
+    tmp_path: Path,
+    make_settings: Callable[..., Settings],
+    pubsub_server: services.ServiceInfo,
+    rethink_server: services.ServiceInfo,
+    sqlite_dsn: str,
+) -> Iterator[World]:
+    """:func:`world` with the SQLite stand-in (through pyodbc) as the SQL store."""
+    w = _make_world(
+        tmp_path, make_settings, rethink_server, pubsub_server.url, sqlite_dsn, TEST_SUBSCRIPTIONS
+    )
+    yield w
+    _close(w)
+
+
+@pytest.fixture
 def declared_world(
     tmp_path: Path,
     make_settings: Callable[..., Settings],
