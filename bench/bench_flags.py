@@ -1,10 +1,13 @@
-"""Read-service latency by stage, flag overhead, and flag propagation (not a test).
+"""Read-service latency by stage, flag overhead, flag propagation, and stages at scale.
 
-``python -m bench.bench_flags [--requests N] [--rounds R] [--changes C]
-[--refresh-interval S]`` starts its own
-RethinkDB (reqlite), PostgreSQL and Unleash (cutover.services, temp state dir), seeds
-identical data in both stores, runs the read service in real uvicorn processes and
-drives them over HTTP from this process. Writes ``bench-results/flags.json``:
+``python -m bench.bench_flags [--part all|reads|scale] [--requests N] [--rounds R]
+[--changes C] [--refresh-interval S] [--scale-rounds R]`` (not a test). Each part
+starts its own servers (cutover.services, temp state dir) and prints its figures as
+ratios against a baseline measured in the same run.
+
+``reads`` (writes ``bench-results/flags.json``): RethinkDB (reqlite), PostgreSQL and
+Unleash; identical data in both stores; the read service in real uvicorn processes,
+driven over HTTP from this process:
 
 1. latency p50/p99 of ``GET /v1/orders/{client}/items?limit=20`` for a client at
    ``old``, ``new`` and ``shadow`` (flags evaluated through Unleash), and for the same
@@ -15,6 +18,21 @@ drives them over HTTP from this process. Writes ``bench-results/flags.json``:
    (FlagService.set_stage, Admin API writes included), until EVERY API process (two
    uvicorn processes with their own SDK clients) serves the other store; over C
    changes alternating old/new. Target: max <= 2 s.
+
+``scale`` (writes ``bench-results/flags_scale.json``): Unleash only. Three entities
+over the same 20,000 client ids, each with the same shape (a pilot list of 10, a
+cohort holding 3 exceptions) and 10, ~1,000 and 19,997 clients switched to ``new``
+(cohort at 0%, ~5% and 100%). Figures, each against the 10-client entity:
+
+3. flag evaluation cost per request, p50, for the same 400 clients in every case,
+   rounds interleaved in a shuffled order: the SDK asked both flags (the most a
+   stage decision costs; the target: within 5% of the 10-client case), the SDK as
+   served (``flags.evaluator.evaluate_stage``, not memoised: it stops at ``new``, so
+   a case where most clients read new asks one flag), and the API's memoised
+   ``StageReader.stage`` (what a request pays between flag changes).
+4. the bytes of Unleash's client features payload for each entity's flags (what every
+   SDK polls). Target: not growing with the count (ratio <= 1.01: only the rollout's
+   digits differ).
 """
 
 from __future__ import annotations
@@ -29,6 +47,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -152,7 +171,15 @@ def main(argv: list[str]) -> int:
     if argv[:1] == ["serve"]:
         serve(argv[1:])
         return 0
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--part", choices=["all", "reads", "scale"], default="all", help="Which figures to run."
+    )
+    parser.add_argument(
+        "--scale-rounds", type=int, default=40, help="Interleaved rounds of the scale part."
+    )
     parser.add_argument("--requests", type=int, default=200, help="Requests per variant per round.")
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--changes", type=int, default=10)
@@ -170,7 +197,16 @@ def main(argv: list[str]) -> int:
         "(default: the setting, CUTOVER_UNLEASH_REFRESH_INTERVAL_S).",
     )
     args = parser.parse_args(argv)
+    code = 0
+    if args.part in ("all", "reads"):
+        code = reads(args)
+    if args.part in ("all", "scale"):
+        code = code or scale(args)
+    return code
 
+
+def reads(args: argparse.Namespace) -> int:
+    """Figures 1 and 2: latency by stage, flag overhead, propagation."""
     import pyodbc
 
     from cutover import services
@@ -396,6 +432,210 @@ def main(argv: list[str]) -> int:
                 proc.wait()
         services.down(state_dir=work / "services")
         shutil.rmtree(work, ignore_errors=True)
+
+
+# -- stages at scale ------------------------------------------------------------------
+SCALE_CLIENTS = 20_000
+SCALE_PILOTS = 10
+SCALE_HELD = 3
+#: Entity names of equal length, so their payloads differ only by what they hold.
+SCALE_CASES = {"scale-a": 10, "scale-b": 1_000, "scale-c": SCALE_CLIENTS}
+SCALE_SAMPLE = 400  # clients evaluated per case per round
+
+
+def _cohort_percent(entity: str, population: list[str], target: int) -> int:
+    """The whole percentage whose cohort is closest to ``target`` clients."""
+    from flags.stages import bucket, cohort_group
+
+    if target <= SCALE_PILOTS:
+        return 0
+    if target >= len(population):
+        return 100
+    buckets = Counter(bucket(c, cohort_group(entity)) for c in population)
+    reached, best = 0, (len(population), 100)
+    for percent in range(1, 101):
+        reached += buckets[percent]
+        best = min(best, (abs(reached - target), percent))
+    return best[1]
+
+
+def scale(args: argparse.Namespace) -> int:
+    """Figures 3 and 4: evaluation cost and payload bytes with 10, 1,000, 20,000 switched."""
+    from UnleashClient import UnleashClient
+    from UnleashClient.utils import InstanceAllowType
+
+    from cutover import services
+    from cutover.settings import Settings
+    from flags.evaluator import StageReader, evaluate_stage
+    from flags.stages import CONTEXT_FIELD, FLAGGED, Stage, StageRule, StageRules, flag_name
+    from flags.unleash_admin import UnleashAdmin
+
+    work = Path(tempfile.mkdtemp(prefix="cutover-bench-flags-scale-"))
+    work.chmod(0o711)  # PostgreSQL runs as its own user and must enter its folder
+    reader: StageReader | None = None
+    sdk: Any = None
+    try:
+        unleash = services.up(["postgres", "unleash"], state_dir=work / "services")["unleash"]
+        backend_token = unleash.extra["backend_token"]
+        admin = UnleashAdmin(unleash.url, unleash.extra["admin_token"])
+        population = [f"client-{i:05d}" for i in range(SCALE_CLIENTS)]
+        switched: dict[str, int] = {}
+        for entity, target in SCALE_CASES.items():
+            percent = _cohort_percent(entity, population, target)
+            rules = StageRules(entity)
+            pilots = frozenset(population[:SCALE_PILOTS])
+            cohort = [c for c in population[SCALE_PILOTS:] if rules.bucket(c) <= max(percent, 1)]
+            rule = StageRule(pilots, percent, frozenset(cohort[:SCALE_HELD]))
+            admin.ensure([entity])
+            admin.apply(entity, Stage.NEW, rule)
+            rules = rules.with_rule(Stage.NEW, rule)
+            switched[entity] = sum(rules.stage_of(c) is Stage.NEW for c in population)
+        payload: dict[str, int] = {}
+        with httpx.Client(base_url=unleash.url, headers={"Authorization": backend_token}) as http:
+            for entity in SCALE_CASES:
+                r = http.get("/api/client/features", params={"namePrefix": f"cutover.{entity}."})
+                r.raise_for_status()
+                assert {f["name"] for f in r.json()["features"]} == {
+                    flag_name(entity, s) for s in FLAGGED
+                }
+                payload[entity] = len(r.content)
+            whole = len(http.get("/api/client/features").content)
+        admin.close()
+
+        sdk = UnleashClient(
+            url=f"{unleash.url}/api",
+            app_name="bench-flags-scale",
+            custom_headers={"Authorization": backend_token},
+            refresh_interval=3600,
+            disable_metrics=True,
+            disable_registration=True,
+            multiple_instance_mode=InstanceAllowType.SILENTLY_ALLOW,
+        )
+        sdk.initialize_client()
+        settings = Settings(
+            _env_file=None,
+            state_dir=work / "reader",
+            unleash_url=unleash.url,
+            unleash_admin_token=unleash.extra["admin_token"],
+            unleash_backend_token=backend_token,
+        )
+        reader = StageReader(settings)
+        if not reader.wait_ready(30):
+            raise RuntimeError("the stage reader never reached Unleash")
+        for entity in SCALE_CASES:  # both see every case before anything is timed
+            pilot = population[0]
+            deadline = time.monotonic() + 30
+            while reader.stage(entity, pilot) is not Stage.NEW:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"the reader never saw {entity}'s flags")
+                time.sleep(0.1)
+            assert evaluate_stage(sdk, entity, pilot) is Stage.NEW
+
+        # One fixed sample of clients for every case, already in the reader's memo:
+        # each case then differs only by what its flags hold.
+        sample = random.Random(5).sample(population, SCALE_SAMPLE)
+        for entity in SCALE_CASES:
+            for client in sample:
+                reader.stage(entity, client)
+        both: dict[str, list[float]] = {e: [] for e in SCALE_CASES}
+        mixed: dict[str, list[float]] = {e: [] for e in SCALE_CASES}
+        memo: dict[str, list[float]] = {e: [] for e in SCALE_CASES}
+        order = list(SCALE_CASES)
+        rng = random.Random(6)
+        clock = time.perf_counter_ns
+        for _ in range(args.scale_rounds):
+            rng.shuffle(order)
+            for entity in order:
+                new_flag, shadow_flag = (flag_name(entity, s) for s in (Stage.NEW, Stage.SHADOW))
+                for client in sample:
+                    context = {CONTEXT_FIELD: client}
+                    t0 = clock()
+                    sdk.is_enabled(new_flag, context)
+                    sdk.is_enabled(shadow_flag, context)
+                    both[entity].append(clock() - t0)
+                for client in sample:
+                    t0 = clock()
+                    evaluate_stage(sdk, entity, client)
+                    mixed[entity].append(clock() - t0)
+                for client in sample:
+                    t0 = clock()
+                    reader.stage(entity, client)
+                    memo[entity].append(clock() - t0)
+        p50 = {
+            name: {e: _pct(v, 0.5) / 1e3 for e, v in samples.items()}
+            for name, samples in (("both", both), ("mixed", mixed), ("memo", memo))
+        }
+    finally:
+        if reader is not None:
+            reader.close()
+        if sdk is not None:
+            sdk.destroy()
+        services.down(state_dir=work / "services")
+        shutil.rmtree(work, ignore_errors=True)
+
+    base = next(iter(SCALE_CASES))
+    as_list = len(json.dumps(population).encode())  # a clientId IN list of every id
+    results: dict[str, Any] = {
+        "machine_cores": os.cpu_count(),
+        "clients": SCALE_CLIENTS,
+        "shape": f"pilot list of {SCALE_PILOTS}, cohort with {SCALE_HELD} exceptions",
+        "cases": {
+            e: {
+                "switched": switched[e],
+                "payload_bytes": payload[e],
+                "sdk_both_flags_p50_us": p50["both"][e],
+                "sdk_evaluate_stage_p50_us": p50["mixed"][e],
+                "reader_memoised_p50_us": p50["memo"][e],
+                "samples": len(both[e]),
+            }
+            for e in SCALE_CASES
+        },
+        "whole_payload_bytes": whole,
+        "one_clientid_list_of_every_client_bytes": as_list,
+        "rounds": args.scale_rounds,
+    }
+    targets = []
+    for entity in list(SCALE_CASES)[1:]:
+        n = f"{switched[entity]:,}"
+        ratio = p50["both"][entity] / p50["both"][base]
+        targets.append(
+            {
+                "name": f"flag evaluation p50 (both flags), {n} / 10 switched",
+                "value": ratio,
+                "op": "<=",
+                "target": 1.05,
+                "met": ratio <= 1.05,
+            }
+        )
+        size = payload[entity] / payload[base]
+        targets.append(
+            {
+                "name": f"client features payload, {n} / 10 switched",
+                "value": size,
+                "op": "<=",
+                "target": 1.01,
+                "met": size <= 1.01,
+            }
+        )
+    results["targets"] = targets
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "flags_scale.json").write_text(json.dumps(results, indent=2) + "\n")
+
+    for entity in SCALE_CASES:
+        ratios = {k: v[entity] / v[base] for k, v in p50.items()}
+        print(
+            f"scale  {switched[entity]:>6,} clients switched: payload {payload[entity]:6,} "
+            f"bytes ({payload[entity] / payload[base]:.3f}x); evaluation p50: both flags "
+            f"{p50['both'][entity]:5.1f} us ({ratios['both']:.3f}x), as served "
+            f"{p50['mixed'][entity]:5.1f} us ({ratios['mixed']:.3f}x), memoised "
+            f"{p50['memo'][entity]:5.2f} us ({ratios['memo']:.3f}x)"
+        )
+    print(
+        f"scale  targets: evaluation within 5% of the 10-client case, payload not growing; "
+        f"a clientId list of all {SCALE_CLIENTS:,} ids would be {as_list:,} bytes "
+        "(and Unleash refuses more than 250)"
+    )
+    return 0
 
 
 if __name__ == "__main__":

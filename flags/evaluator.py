@@ -10,10 +10,11 @@
   none, as ``old``. ``wait_ready`` lets a server wait a bounded time for the first fetch.
 * Unleash down: the SDK keeps its last state; any error in evaluation returns the last
   stage known for that client (else ``old``) and is logged, rate-limited. It never raises.
-* The SDK costs ~0.2 ms per ``is_enabled`` on this hardware, two per stage: results are
-  memoised until the SDK reports new flag state (its FETCHED event), so a request pays
-  a dictionary lookup. A generation counter keeps a result computed from the previous
-  state out of the new memo.
+* The SDK costs ~20 us per ``is_enabled`` on this hardware, two per stage (``new``
+  first, then ``shadow``: :func:`evaluate_stage`), whatever the number of clients in
+  the cohorts; results are memoised until the SDK reports new flag state (its FETCHED
+  event), so a request pays a dictionary lookup. A generation counter keeps a result
+  computed from the previous state out of the new memo.
 * The embedded file backend: the flag file is stat'ed on each call; when it changed, a
   fresh offline ``UnleashClient`` is bootstrapped from it (no network, no threads).
 """
@@ -156,7 +157,9 @@ def _quiet_sdk_logs() -> None:
 
 
 # -- sources --------------------------------------------------------------------------
-def _evaluate(client: UnleashClient, entity: str, client_id: str) -> Stage:
+def evaluate_stage(client: UnleashClient, entity: str, client_id: str) -> Stage:
+    """The client's stage from the SDK, unmemoised: ``new`` first (it wins), then
+    ``shadow``: two ``is_enabled`` calls, whatever the number of clients switched."""
     context = {CONTEXT_FIELD: client_id}
     if client.is_enabled(flag_name(entity, Stage.NEW), context):
         return Stage.NEW
@@ -213,7 +216,7 @@ class _ServerSource:
             self.ready.set()
 
     def evaluate(self, entity: str, client_id: str) -> Stage:
-        return _evaluate(self.client, entity, client_id)
+        return evaluate_stage(self.client, entity, client_id)
 
     def refresh(self) -> bool:
         return False
@@ -277,7 +280,7 @@ class _FileSource:
 
     def evaluate(self, entity: str, client_id: str) -> Stage:
         assert self.client is not None
-        return _evaluate(self.client, entity, client_id)
+        return evaluate_stage(self.client, entity, client_id)
 
     def close(self) -> None:
         pass
