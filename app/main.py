@@ -115,6 +115,9 @@ def create_app(
         title="cutover read service",
         summary="Per-client reads from RethinkDB or the SQL store, by read stage.",
         lifespan=lifespan,
+        # A trailing '/' is an empty segment, not another resource: never redirect
+        # ``.../items/{id}/`` to the listing.
+        redirect_slashes=False,
     )
     app.state.services = Services(rt, reader, reads, shadow, opts, pools, health)
     install_error_handlers(app)

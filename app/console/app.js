@@ -1,6 +1,7 @@
 // cutover console: vanilla JS, no build step, no third-party code.
 //
-// Reads /healthz (no token) and /admin/overview (bearer token) and renders them; the
+// Reads /healthz (no token; /admin/health once unlocked) and /admin/overview (bearer
+// token) and renders them; path segments are sent through encodeURIComponent; the
 // actions post to the admin API, which applies the same gate as the CLI. The token is
 // kept in sessionStorage (this tab only), sent only in the Authorization header, and
 // never written into the page. Every value from the server is inserted as text
@@ -483,13 +484,27 @@ function render(data) {
   $("refreshed").textContent = `updated ${new Date(data.generated_at).toLocaleTimeString()}`;
 }
 
-// -- health chips (no token needed) ---------------------------------------------------
+// -- health chips ---------------------------------------------------------------------
+// /healthz (no token) gives each dependency's state only; with the token the console
+// asks /admin/health, whose report also names what was checked and why it is down.
+async function healthReport() {
+  if (sessionStorage.getItem(TOKEN_KEY)) {
+    try {
+      return await api("GET", "/admin/health");
+    } catch (_) {
+      // a refused or missing token: fall back to the public states
+    }
+  }
+  const response = await fetch("/healthz", { cache: "no-store", credentials: "omit" });
+  return response.json();
+}
+
 async function refreshHealth() {
   try {
-    const response = await fetch("/healthz", { cache: "no-store", credentials: "omit" });
-    const data = await response.json();
+    const data = await healthReport();
     $("health").replaceChildren(...Object.entries(data.dependencies).map(([name, dep]) =>
-      el("span", { class: `chip ${dep.state}`, title: `${dep.target}: ${dep.detail}`, data: { dependency: name } },
+      el("span", { class: `chip ${dep.state}`, title: dep.target ? `${dep.target}: ${dep.detail}` : dep.state,
+        data: { dependency: name } },
         el("span", { class: "dot" }), `${DEPENDENCY_LABELS[name] || name}`)));
   } catch (err) {
     $("health").replaceChildren(el("span", { class: "chip down", text: "service unreachable" }));
@@ -536,6 +551,7 @@ async function refresh() {
 
 async function unlock() {
   if (!(await refresh())) return;
+  refreshHealth();
   $("login").hidden = true;
   $("content").hidden = false;
   $("signout").hidden = false;
