@@ -183,8 +183,9 @@ def report(
     client_limit: int = 1000,
     window_s: int | None = None,
 ) -> ShadowReport:
-    """Everything ``GET /admin/shadow/{entity}`` answers: three grouped queries and the
-    recent records, whatever the number of clients."""
+    """Everything ``GET /admin/shadow/{entity}`` answers: three grouped queries (per
+    client, the entity's totals, mismatch records per client) and the recent records,
+    whatever the number of clients."""
     name = rt.cfg.entity(entity).name
     rules = policy(rt, window_s)
     now = now_utc()

@@ -44,7 +44,7 @@ ROOT = Path(__file__).resolve().parents[2]
 HOUR = 3600
 NOW = datetime(2024, 5, 8, 12, 30, 15, tzinfo=UTC)
 SLOW = settings(
-    max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 
 
