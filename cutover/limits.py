@@ -17,9 +17,10 @@ Why each limit:
   UTF-8 (no lone surrogates: ``"\\ud800"`` is valid JSON but no driver can send it) and
   hold no NUL character (PostgreSQL text and JSON cannot store it and ODBC drivers cut
   strings at it, so ``"a\\u0000b"`` would be stored as ``"a"`` or refused).
-- **Numbers**: finite (JSON has no NaN or infinity) and, inside JSON values, integers
-  within +/- 2**53: RethinkDB stores every number as a double, so a larger integer would
-  come back as another number from the old store.
+- **Numbers**: finite (JSON has no NaN or infinity) and integers within +/- 2**53,
+  inside JSON values, in integer columns and as versions (checked by the mapping):
+  RethinkDB stores every number as a double, so a larger integer would come back as
+  another number from the old store (and two larger versions could compare equal).
 - **Sizes**: at most :data:`MAX_ARRAY_ITEMS` items in one array (RethinkDB's default
   ``array_limit``) and :data:`MAX_BODY_BYTES` in one message body (Pub/Sub's own limit).
 
@@ -148,6 +149,8 @@ def describe() -> dict[str, Any]:
         "max_body_bytes": MAX_BODY_BYTES,
         "text": "UTF-8 encodable (no lone surrogates), no NUL (U+0000)",
         "numbers": "finite (no NaN or infinity)",
+        "integers": "within +/- max_safe_integer_in_json in integer columns and versions too",
+        "keys": "at most the entity's key_max_length characters (default 255)",
         "duplicate_object_keys": "the last one wins",
     }
 
