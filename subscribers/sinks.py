@@ -156,7 +156,7 @@ class RethinkSink:
         self.store.get(entity, _PROBE_KEY)
 
 
-#: A key no row has; reading it costs one index lookup.
+#: The key the probe reads: one primary-key lookup, whether a row has it or not.
 _PROBE_KEY = "cutover-probe"
 
 
