@@ -459,6 +459,27 @@ def _cohort_percent(entity: str, population: list[str], target: int) -> int:
     return best[1]
 
 
+def _payload_bytes(http: httpx.Client, entity: str, rollout: str) -> int:
+    """The bytes of the client features payload of the entity's flags, once the server
+    serves what was written (it refreshes that cache on its own, ~1 s after a write)."""
+    deadline = time.monotonic() + 30
+    while True:
+        r = http.get("/api/client/features", params={"namePrefix": f"cutover.{entity}."})
+        r.raise_for_status()
+        served = {
+            s["parameters"].get("rollout")
+            for f in r.json()["features"]
+            if f["name"].endswith(".new")
+            for s in f["strategies"]
+            if s["parameters"].get("stickiness") == "clientId"
+        }
+        if served == {rollout} and len(r.json()["features"]) == 2:
+            return len(r.content)
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"Unleash never served {entity}'s cohort at {rollout}%")
+        time.sleep(0.2)
+
+
 def scale(args: argparse.Namespace) -> int:
     """Figures 3 and 4: evaluation cost and payload bytes with 10, 1,000, 20,000 switched."""
     from UnleashClient import UnleashClient
@@ -467,7 +488,7 @@ def scale(args: argparse.Namespace) -> int:
     from cutover import services
     from cutover.settings import Settings
     from flags.evaluator import StageReader, evaluate_stage
-    from flags.stages import CONTEXT_FIELD, FLAGGED, Stage, StageRule, StageRules, flag_name
+    from flags.stages import CONTEXT_FIELD, Stage, StageRule, StageRules, flag_name
     from flags.unleash_admin import UnleashAdmin
 
     work = Path(tempfile.mkdtemp(prefix="cutover-bench-flags-scale-"))
@@ -480,6 +501,7 @@ def scale(args: argparse.Namespace) -> int:
         admin = UnleashAdmin(unleash.url, unleash.extra["admin_token"])
         population = [f"client-{i:05d}" for i in range(SCALE_CLIENTS)]
         switched: dict[str, int] = {}
+        rollouts: dict[str, str] = {}
         for entity, target in SCALE_CASES.items():
             percent = _cohort_percent(entity, population, target)
             rules = StageRules(entity)
@@ -490,15 +512,11 @@ def scale(args: argparse.Namespace) -> int:
             admin.apply(entity, Stage.NEW, rule)
             rules = rules.with_rule(Stage.NEW, rule)
             switched[entity] = sum(rules.stage_of(c) is Stage.NEW for c in population)
+            rollouts[entity] = str(percent)
         payload: dict[str, int] = {}
         with httpx.Client(base_url=unleash.url, headers={"Authorization": backend_token}) as http:
             for entity in SCALE_CASES:
-                r = http.get("/api/client/features", params={"namePrefix": f"cutover.{entity}."})
-                r.raise_for_status()
-                assert {f["name"] for f in r.json()["features"]} == {
-                    flag_name(entity, s) for s in FLAGGED
-                }
-                payload[entity] = len(r.content)
+                payload[entity] = _payload_bytes(http, entity, rollouts[entity])
             whole = len(http.get("/api/client/features").content)
         admin.close()
 

@@ -282,6 +282,12 @@ def cohort(
         click.echo(f"{head}: already there; nothing changed")
         return
     click.echo(f"{head}: {verb} {len(plan.moves)} of {plan.known} known clients ({moved})")
+    if plan.unknown:
+        click.secho(
+            f"  the stores could not list the known clients ({plan.unknown}): only listed "
+            "clients are counted and audited; the step itself is recorded",
+            fg="yellow",
+        )
     if plan.blocked:
         label = "FORCED past" if plan.forced else "blocked by"
         click.echo(

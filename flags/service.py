@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from cutover.clock import now_utc
+from cutover.redaction import redact
 from cutover.runtime import Runtime
 from stores.rethink import RethinkUnavailable
 from stores.sql import StoreUnavailable
@@ -127,6 +128,9 @@ class CohortPlan:
     refused_path: Path | None = None
     applied: bool = False
     forced: bool = False
+    #: Why the known clients could not be listed (a store down during a step down):
+    #: only the listed clients are counted and audited then.
+    unknown: str | None = None
 
     @property
     def to_new(self) -> list[str]:
@@ -148,6 +152,7 @@ class CohortPlan:
             "blocked_file": str(self.refused_path) if self.refused_path else None,
             "applied": self.applied,
             "forced": self.forced,
+            "known_clients_unavailable": self.unknown,
         }
 
 
@@ -462,8 +467,18 @@ class FlagService:
     def _plan(
         self, flags: EntityFlags, after: StageRules, stage: Stage, now: datetime
     ) -> CohortPlan:
-        self.ensure_schema()
-        known = known_clients(self.runtime, flags.entity) | flags.listed_clients()
+        """The step over every known client. A step down needs no gate, so it goes on
+        while a store is down (an incident is when it is needed), over the listed
+        clients only, and says so (``unknown``)."""
+        unknown: str | None = None
+        try:
+            self.ensure_schema()
+            known = known_clients(self.runtime, flags.entity)
+        except (StoreUnavailable, RethinkUnavailable) as exc:
+            if after.rule(stage).percent > flags.rules.rule(stage).percent:
+                raise
+            known, unknown = set(), redact(str(exc))
+        known |= flags.listed_clients()
         moves: dict[str, tuple[Stage, Stage]] = {}
         for client in known:
             b = after.bucket(client)
@@ -482,6 +497,7 @@ class FlagService:
             moves,
             blocked,
             decisions,
+            unknown=unknown,
         )
 
     def _write_refusal(self, plan: CohortPlan, now: datetime) -> Path:

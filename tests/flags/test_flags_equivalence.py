@@ -135,7 +135,15 @@ def test_file_backend_and_unleash_agree_step_by_step(
             assert _stages(server_reader, orders) == expected, step
             assert _stages(file_reader, orders) == expected, step
             file_doc = load_snapshot(file_runtime.settings.state_dir / "flags" / "flags.json")
-            assert _served_flags(unleash_runtime, orders) == _summary(file_doc, orders), step
+            # The server refreshes its client-features cache on its own (~1 s after an
+            # admin write), independently of what the probes above could tell apart.
+            on_file_doc = _summary(file_doc, orders)
+            deadline = time.monotonic() + WAIT_S
+            while _served_flags(unleash_runtime, orders) != on_file_doc:
+                if time.monotonic() > deadline:
+                    break
+                time.sleep(0.1)
+            assert _served_flags(unleash_runtime, orders) == on_file_doc, step
             seen = _stages(file_reader, orders)
             assert {p: seen[p] for p in AFTER.get(number, {})} == AFTER.get(number, {}), step
     finally:

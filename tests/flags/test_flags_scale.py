@@ -7,6 +7,7 @@ over them, without writing entity rows for tens of thousands of clients.
 
 from __future__ import annotations
 
+import json
 import time
 from collections import Counter
 from pathlib import Path
@@ -34,6 +35,7 @@ from flags.stages import (
     flag_name,
 )
 from flags.unleash_admin import UnleashAdmin
+from stores.sql import StoreUnavailable
 
 WAIT_S = 20.0  # only to avoid hanging: a wrong stage fails the comparison at the end
 #: Rollback propagation allowed here: the issue's bound ("as today": about two refresh
@@ -385,6 +387,37 @@ def test_unleash_down_is_a_clear_error_and_changes_nothing(
     up.close()
 
 
+def test_steps_down_and_kill_work_while_the_sql_store_is_down(
+    file_runtime: Runtime, orders: str
+) -> None:
+    """An incident: the SQL store is unreachable. Raising a cohort is refused (the gate
+    needs the ledger) and changes nothing; lowering it and the kill switch take effect
+    at once, their records wait in the pending file and land with the next command."""
+    clients = [f"k{i:03d}" for i in range(50)]
+    seed_ledger(file_runtime, orders, clients)
+    FlagService(file_runtime).set_cohort(orders, Stage.NEW, 40, actor="t")
+    values: dict[str, Any] = {
+        **file_runtime.settings.model_dump(),
+        "sql_dsn": f"DRIVER={{PostgreSQL Unicode}};SERVER=127.0.0.1;PORT={_closed_port()};"
+        "DATABASE=x;UID=postgres;PWD=;",
+        "sql_dialect": "postgresql",
+    }
+    down = FlagService(Runtime(Settings(_env_file=None, **values), file_runtime.cfg))
+    with pytest.raises(StoreUnavailable):
+        down.set_cohort(orders, Stage.NEW, 60, actor="oncall")
+    assert down.backend.read(orders).new.rule.percent == 40
+    plan = down.set_cohort(orders, Stage.NEW, 10, actor="oncall", reason="incident")
+    assert plan.applied and plan.unknown and plan.known == 0
+    assert down.backend.read(orders).new.rule.percent == 10
+    down.kill(orders, actor="oncall")
+    assert down.backend.read(orders).rules == StageRules(orders)
+    up = FlagService(file_runtime)
+    assert up.audit.pending_path.exists()
+    up.status(orders)  # reaches the store: the parked records move in
+    steps = [(s.from_percent, s.to_percent, s.actor) for s in up.audit.steps(orders)]
+    assert steps == [(0, 40, "t"), (40, 10, "oncall"), (10, 0, "oncall")]
+
+
 class _DiesAfterOneWrite(UnleashAdmin):
     """The real Admin API for one flag write; then the server is gone."""
 
@@ -460,3 +493,89 @@ def test_a_cohort_edited_in_the_unleash_ui_is_shown_as_changed_outside(
     outside = {c.client_id for c in status.clients if c.changed_outside}
     assert outside == {c for c in clients if 10 < rules.bucket(c) <= 30}
     assert all(c.stage is Stage.NEW for c in status.clients if c.client_id in outside)
+
+
+# -- the CLI's status at scale and the admin API ------------------------------------------
+def test_status_summarises_lists_cohorts_and_counts_and_help_explains(
+    tmp_path: Path, file_runtime: Runtime, orders: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With more than 50 known clients, status shows the rules and counts and lists only
+    the clients a list names; --all and --json list every one."""
+    clients = [f"k{i:03d}" for i in range(300)]
+    seed_ledger(file_runtime, orders, clients)
+    service = FlagService(file_runtime)
+    service.set_cohort(orders, Stage.SHADOW, 50, actor="t")
+    service.set_cohort(orders, Stage.NEW, 20, actor="t")
+    service.set_stage(orders, clients[-1], Stage.NEW, actor="t")  # listed unless covered
+    held = next(c for c in clients if service.backend.read(orders).stage_of(c) is Stage.NEW)
+    service.hold(orders, held, Stage.OLD, actor="t", reason="slow tenant")
+    counts = service.status(orders).counts
+    monkeypatch.chdir(tmp_path)
+    env = cli_env(tmp_path, file_runtime)
+    runner = CliRunner()
+    out = runner.invoke(cli, ["flags", "status", orders], env=env)
+    assert out.exit_code == 0, out.output
+    text = out.output
+    assert (
+        f"300 known clients: {counts['new']} new, {counts['shadow']} shadow, {counts['old']} old"
+        in text
+    )
+    assert "new     cohort  20%" in text and "shadow  cohort  50%" in text
+    assert f"exceptions: {held} (at old)" in text and "more clients follow the cohorts" in text
+    rows = [ln for ln in text.splitlines() if ln.strip().startswith("k")]
+    assert any(held in ln and "held" in ln and "slow tenant" in ln for ln in rows)
+    assert len(rows) <= 2
+    every = runner.invoke(cli, ["flags", "status", orders, "--all"], env=env)
+    assert sum(ln.strip().startswith("k") for ln in every.output.splitlines()) == 300
+    (doc,) = json.loads(runner.invoke(cli, ["flags", "status", orders, "--json"], env=env).output)
+    assert doc["counts"] == counts and len(doc["clients"]) == 300
+    assert doc["rules"]["new"]["percent"] == 20 and doc["rules"]["new"]["exceptions"] == [held]
+
+    helps = {c: runner.invoke(cli, ["flags", c, "--help"]).output for c in ("cohort", "except")}
+    assert "hash of the clientId" in helps["cohort"] and "--dry-run" in helps["cohort"]
+    assert "writes all of them to a file" in helps["cohort"].replace("\n", " ").replace("  ", " ")
+    assert "--release" in helps["except"] and "100% included" in helps["except"]
+
+
+def test_the_admin_api_steps_cohorts_and_holds_through_the_same_gate(
+    file_runtime: Runtime, orders: str
+) -> None:
+    """409 with the gate's reason (naming the unverified client) and nothing changed;
+    held back through the API, the same step passes; bad percentages are 422."""
+    from fastapi.testclient import TestClient
+    from pydantic import SecretStr
+
+    from app.api.routes import admin as admin_routes
+    from app.main import create_app
+
+    settings = file_runtime.settings.model_copy(update={"admin_token": SecretStr("tok-15")})
+    rt = Runtime(settings, file_runtime.cfg)
+    clients = [f"k{i:03d}" for i in range(100)]
+    bad = clients[42]
+    seed_ledger(rt, orders, clients, unverified={bad})
+    app = create_app(rt)
+    if not any(getattr(r, "path", "") == "/admin/overview" for r in app.routes):
+        app.include_router(admin_routes.router)
+    auth = {"Authorization": "Bearer tok-15"}
+    base = f"/admin/flags/{orders}"
+    with TestClient(app) as http:
+        refused = http.post(f"{base}/cohort", headers=auth, json={"stage": "new", "percent": 100})
+        assert refused.status_code == 409, refused.text
+        assert refused.json()["error"] == "GateRefused" and repr(bad) in refused.json()["reason"]
+        assert http.get(base, headers=auth).json()["rules"]["new"]["percent"] == 0
+        dry = http.post(
+            f"{base}/cohort", headers=auth, json={"stage": "new", "percent": 100, "dry_run": True}
+        ).json()
+        assert (dry["applied"], dry["blocked"], dry["to_new"]) == (False, 1, 100)
+        held = http.post(f"{base}/except", headers=auth, json={"client": bad, "reason": "r"})
+        assert held.status_code == 200 and held.json()["stage"] == "old", held.text
+        done = http.post(f"{base}/cohort", headers=auth, json={"stage": "new", "percent": 100})
+        assert done.status_code == 200 and done.json()["to_new"] == 99, done.text
+        for percent in (-1, 101):
+            bad_input = http.post(
+                f"{base}/cohort", headers=auth, json={"stage": "new", "percent": percent}
+            )
+            assert bad_input.status_code == 422
+        status = http.get(base, headers=auth).json()
+        assert status["counts"] == {"old": 1, "shadow": 0, "new": 99}
+    rt.close()
