@@ -16,7 +16,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from .limits import (
     MAX_BODY_BYTES,
+    MAX_CLIENT_ID_CHARS,
     MAX_EVENT_DEPTH,
+    MAX_SAFE_INTEGER,
     LimitError,
     check_depth,
     depth_at_most,
@@ -37,8 +39,8 @@ class Event(BaseModel):
     entity: str = Field(min_length=1, max_length=100)
     op: Literal["upsert", "delete"]
     id: str = Field(min_length=1, max_length=900)
-    client_id: str = Field(min_length=1, max_length=255)
-    version: int = Field(ge=0, le=2**63 - 1)
+    client_id: str = Field(min_length=1, max_length=MAX_CLIENT_ID_CHARS)
+    version: int = Field(ge=0, le=MAX_SAFE_INTEGER)
     occurred_at: datetime = Field(description="RFC 3339 timestamp with a UTC offset.")
     data: dict[str, Any] = Field(default_factory=dict)
 
@@ -56,7 +58,10 @@ class Event(BaseModel):
             raise ValueError("must be an RFC 3339 string")
         if parsed.tzinfo is None:
             raise ValueError("RFC 3339 timestamps need a UTC offset (e.g. Z)")
-        return parsed.astimezone(UTC)
+        try:
+            return parsed.astimezone(UTC)
+        except OverflowError:  # 0001-01-01T00:00+01:00 is before year 1 in UTC
+            raise ValueError(f"{value!r} is out of range in UTC") from None
 
     @property
     def ordering_key(self) -> str:

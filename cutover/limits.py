@@ -41,6 +41,8 @@ MAX_EVENT_DEPTH = MAX_DEPTH + 2
 MAX_ARRAY_ITEMS = 100_000
 #: Largest integer magnitude inside a JSON value (exact in a double).
 MAX_SAFE_INTEGER = 2**53
+#: Characters in one client id (the SQL store's client column).
+MAX_CLIENT_ID_CHARS = 255
 #: Bytes in one message body or exported document.
 MAX_BODY_BYTES = 10 * 1024 * 1024
 

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from cutover.config import Column, ColumnType, Entity
-from cutover.limits import MAX_SAFE_INTEGER, LimitError, check_json, check_text
+from cutover.limits import MAX_CLIENT_ID_CHARS, MAX_SAFE_INTEGER, LimitError, check_json, check_text
 
 if TYPE_CHECKING:  # the event model is pydantic: not needed to map documents
     from cutover.events import Event
@@ -206,6 +206,11 @@ def check_identity(entity: Entity, key: str, client_id: str) -> None:
         raise MappingError(
             f"{entity.name} {key[:80]!r}...: the key is {len(key)} characters, "
             f"longer than {entity.key_max_length} (the entity's key_max_length)"
+        )
+    if len(client_id) > MAX_CLIENT_ID_CHARS:
+        raise MappingError(
+            f"{entity.name} {key[:80]!r}: the client id is {len(client_id)} characters, "
+            f"longer than {MAX_CLIENT_ID_CHARS}"
         )
     for what, value in (("key", key), ("client id", client_id)):
         try:

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 from cutover.clock import now_utc
 from cutover.config import SYSTEM_COLUMNS, Entity
+from cutover.limits import MAX_CLIENT_ID_CHARS
 
 from ._cursors import StatementCursors
 from .dialects import Dialect
@@ -55,7 +56,7 @@ def entity_table(entity: Entity) -> Table:
     """The SQL table of an entity: key, client, version, tombstone flag, timestamps, columns."""
     columns = (
         Col(entity.key, "key", entity.key_max_length, nullable=False),
-        Col(entity.client, "key", 255, nullable=False),
+        Col(entity.client, "key", MAX_CLIENT_ID_CHARS, nullable=False),
         Col(entity.version, "int", nullable=False),
         Col(DELETED, "bool", nullable=False),
         Col(UPDATED_AT, "datetime", nullable=False),
