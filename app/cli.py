@@ -24,7 +24,10 @@ def serve(host: str | None, port: int | None, workers: int, log_level: str) -> N
     Stage changes reach every worker within about two refresh intervals
     (CUTOVER_UNLEASH_REFRESH_INTERVAL_S). Shadow comparison is tuned with
     CUTOVER_SHADOW_SAMPLE_RATE, CUTOVER_SHADOW_MAX_CONCURRENCY and
-    CUTOVER_NEW_COMPARE_SAMPLE_RATE.
+    CUTOVER_NEW_COMPARE_SAMPLE_RATE. Each store's reads have their own threads and
+    deadline (CUTOVER_READ_SQL_TIMEOUT_S, CUTOVER_READ_RETHINKDB_TIMEOUT_S,
+    CUTOVER_READ_*_POOL_SIZE, CUTOVER_READ_QUEUE_SIZE): a hung store answers 503 for its
+    own reads only. Ids in paths are percent-encoded segments (client/01 -> client%2F01).
     """
     import uvicorn
 

@@ -155,15 +155,22 @@ class ReadModel:
     def page(
         self, store: StoreName, entity: Entity, client_id: str, after: str | None, limit: int
     ) -> Page:
+        """``limit`` live items after ``after``, checked; the look-ahead item (it only
+        says whether another page exists) is served, and checked, by the next page."""
         if store == "new":
             with _decoding("new", entity):
                 rows = self.sql.page(entity, client_id, after=after, limit=limit + 1)
-            return _cut([self._served("new", entity, r) for r in rows], limit)
+            page = _cut(rows, limit)
+            for row in page.rows:
+                self._served("new", entity, row)
+            return page
         return self._old_page(entity, client_id, after, limit)
 
     def _old_page(self, entity: Entity, client_id: str, after: str | None, limit: int) -> Page:
         """Live documents after ``after``: RethinkDB pages include tombstones, so read on
-        until ``limit + 1`` live ones are found or the client's range ends."""
+        until ``limit + 1`` live ones are found or the client's range ends. A look-ahead
+        document that does not map counts as one more item (whether it is live cannot
+        be known); the page that would serve it answers 503."""
         live: list[Row] = []
         position = after
         batch = limit + 1
@@ -171,9 +178,16 @@ class ReadModel:
             with _decoding("old", entity):
                 docs = self.rethink.page(entity, client_id, after=position, limit=batch)
             for doc in docs:
-                row = self._from_document(entity, doc)
+                try:
+                    row = row_from_document(entity, doc)
+                except MappingError as exc:
+                    if len(live) == limit:
+                        return Page(live, live[-1].key)
+                    raise _invalid("old", entity, exc) from None
                 if not row.deleted:
                     live.append(row)
+                if len(live) > limit:
+                    break
             if len(docs) < batch:
                 break
             position = docs[-1][entity.key]

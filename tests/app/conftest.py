@@ -120,9 +120,16 @@ def serve() -> Iterator[Callable[..., Api]]:
     running: list[tuple[uvicorn.Server, threading.Thread, Api]] = []
 
     def start(
-        runtime: Runtime, *, stages: StageSource | None = None, opts: Settings | None = None
+        runtime: Runtime,
+        *,
+        stages: StageSource | None = None,
+        opts: Settings | None = None,
+        extra: Callable[[FastAPI], None] | None = None,
     ) -> Api:
+        """``extra`` may add routes of the test's own to the app before it starts."""
         app = create_app(runtime, stages=stages, options=opts or options())
+        if extra is not None:
+            extra(app)
         sock = socket.socket()
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
