@@ -355,9 +355,9 @@ class FlagService:
     ) -> Change | None:
         """Check, write and audit one client's change from ``flags`` to ``after``."""
         name, before = flags.entity, flags.rules
-        if after == before:
-            return None
         current, target = flags.stage_of(client_id), after.stage_of(client_id)
+        if after == before and current is target:
+            return None
         changed = [s for s in FLAGGED if after.rule(s) != before.rule(s)]
         after.check_limits(self.backend.list_limit(), changed=changed)
         gate_note: str | None = None
@@ -413,12 +413,16 @@ class FlagService:
         return result
 
     def _write(self, flags: EntityFlags, after: StageRules, order: tuple[Stage, ...]) -> None:
+        """Write each flag whose rule changes, or whose on/off state differs from its
+        rule's (switched off outside cutover: the change needs it on again)."""
         done: list[Stage] = []
         for stage in order:
-            if after.rule(stage) == flags.rules.rule(stage):
+            rule = after.rule(stage)
+            state = flags.flag(stage)
+            if rule == state.rule and state.enabled is rule.switches_anyone:
                 continue
             try:
-                self.backend.apply(flags.entity, stage, after.rule(stage))
+                self.backend.apply(flags.entity, stage, rule)
             except FlagError as exc:
                 if done:
                     raise _PartialWrite(str(exc), done) from None
@@ -456,7 +460,7 @@ class FlagService:
         plan = self._plan(flags, after, target, at)
         if plan.blocked:
             plan = replace(plan, refused_path=self._write_refusal(plan, at))
-        if dry_run or after == flags.rules:
+        if dry_run or (after == flags.rules and not plan.moves):
             return plan
         if plan.blocked and not force:
             raise BulkGateRefused(_refusal(plan), plan.blocked, plan.refused_path)

@@ -579,3 +579,27 @@ def test_the_admin_api_steps_cohorts_and_holds_through_the_same_gate(
         status = http.get(base, headers=auth).json()
         assert status["counts"] == {"old": 1, "shadow": 0, "new": 99}
     rt.close()
+
+
+def test_a_flag_switched_off_outside_cutover_is_shown_and_switched_on_by_the_next_step(
+    file_runtime: Runtime, orders: str
+) -> None:
+    """Someone switches the new flag off (as in Unleash's UI): every client reads old,
+    status says why; repeating the cohort step is a real step again (gated, audited)."""
+    clients = [f"k{i:03d}" for i in range(100)]
+    seed_ledger(file_runtime, orders, clients)
+    service = FlagService(file_runtime)
+    service.set_cohort(orders, Stage.NEW, 50, actor="t")
+    path = file_runtime.settings.state_dir / "flags" / "flags.json"
+    doc = json.loads(path.read_text())
+    (flag,) = [f for f in doc["features"] if f["name"] == flag_name(orders, Stage.NEW)]
+    flag["enabled"] = False
+    path.write_text(json.dumps(doc))
+    status = service.status(orders)
+    assert any("switched off outside cutover" in w for w in status.warnings)
+    assert status.counts["new"] == 0
+    outside = [c for c in status.clients if c.via == "outside"]
+    assert outside and all(c.changed_outside and c.stage is Stage.OLD for c in outside)
+    plan = service.set_cohort(orders, Stage.NEW, 50, actor="t", reason="switch it back on")
+    assert plan.applied and plan.to_new and not plan.blocked
+    assert service.status(orders).counts["new"] == len(plan.to_new)
