@@ -326,8 +326,9 @@ class StageRules:
                     f"server's limit of {limit} values per constraint "
                     f"(UNLEASH_CONSTRAINT_VALUES_LIMIT, default {DEFAULT_LIST_LIMIT}). "
                     f"Lower the cohort instead (`cutover flags cohort {self.entity} "
-                    f"{stage.value} PERCENT`) or release held clients (`cutover flags "
-                    f"except {self.entity} CLIENT --release`). Nothing was changed."
+                    f"{stage.value} PERCENT`; everyone at once: `cutover flags kill "
+                    f"{self.entity}`) or release held clients (`cutover flags except "
+                    f"{self.entity} CLIENT --release`). Nothing was changed."
                 )
 
     def to_json(self) -> dict[str, Any]:
