@@ -71,9 +71,22 @@ class Settings(BaseSettings):
 
     # Cutover gate: how old a clean verification may be before `flags set ... new`.
     gate_max_verification_age_s: int = 24 * 3600
+
+    # Per-client migration jobs published by the read API (README: "Per-client jobs").
+    first_use_jobs: bool = Field(
+        False,
+        description="The read API publishes a client's migration job the first time it "
+        "serves that client while its ledger is not verified (the demo turns it on).",
+    )
+    first_use_jobs_window_s: float = Field(
+        3600.0,
+        gt=0,
+        description="A client's job is published at most once per window, over every API "
+        "process (a row in the SQL store).",
+    )
     # Cutover gate: the shadow evidence `new` needs per client (flags.evidence).
     gate_min_shadow_comparisons: int = Field(
-        100,
+        0,
         ge=0,
         description="Shadow comparisons a client needs in the window before `new` (0: none).",
     )

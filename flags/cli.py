@@ -10,6 +10,7 @@ import click
 
 from cutover.redaction import redact
 
+from .evidence_cli import evidence as evidence_command
 from .gate import GateRefused
 from .stages import FlagError, InputError, Stage
 
@@ -371,3 +372,6 @@ def history(entity: str, client: str | None) -> None:
         )
     if not changes:
         click.echo("no changes recorded")
+
+
+flags.add_command(evidence_command)

@@ -3,7 +3,9 @@
 The gate reads the backfill ledger (``backfill.ledger.client_status``) through a small
 protocol, so it works before that module exists: without it every client is "not
 verified" and ``set ... new`` is refused (``--force`` overrides, and is audited).
-Each refusal names the one condition that failed and what to run next. A bulk move
+Each refusal names the one condition that failed and what to run next. A client the
+ledger allows must also pass its shadow evidence (:mod:`flags.evidence`) when a
+:class:`~flags.evidence.ShadowPolicy` is given. A bulk move
 (a cohort step) is checked client by client with :meth:`Gate.check_many`, which reads
 the whole ledger of the entity once.
 """
@@ -16,6 +18,8 @@ from datetime import datetime, timedelta
 from typing import Protocol
 
 from stores.sql import SqlStore
+
+from .evidence import ShadowPolicy, shadow_verdict
 
 
 class LedgerEntry(Protocol):
@@ -147,11 +151,13 @@ class Gate:
         max_age_s: int,
         reader: LedgerReader | None = None,
         bulk_reader: LedgerBulkReader | None = None,
+        shadow: ShadowPolicy | None = None,
     ) -> None:
         self._store = store
         self._max_age_s = max_age_s
         self._reader = reader or default_ledger_reader()
         self._bulk = bulk_reader or (None if reader else ledger_by_client)
+        self._shadow = shadow
 
     def _decide(
         self, entry: LedgerEntry | None, entity: str, client_id: str, now: datetime
@@ -159,13 +165,37 @@ class Gate:
         return decide(entry, entity=entity, client_id=client_id, now=now, max_age_s=self._max_age_s)
 
     def check(self, entity: str, client_id: str, now: datetime) -> GateDecision:
-        return self._decide(self._reader(self._store, entity, client_id), entity, client_id, now)
+        entry = self._reader(self._store, entity, client_id)
+        decisions = {client_id: self._decide(entry, entity, client_id, now)}
+        return self._with_shadow(entity, decisions, now)[client_id]
 
     def check_many(
         self, entity: str, clients: Iterable[str], now: datetime
     ) -> dict[str, GateDecision]:
-        """Each client's decision, exactly as :meth:`check` would give it."""
+        """Each client's decision, exactly as :meth:`check` would give it.
+
+        The ledger and the shadow evidence are each read once for all clients."""
+        ids = list(clients)
         if self._bulk is None:
-            return {c: self.check(entity, c, now) for c in clients}
-        ledger = self._bulk(self._store, entity)
-        return {c: self._decide(ledger.get(c), entity, c, now) for c in clients}
+            decisions = {
+                c: self._decide(self._reader(self._store, entity, c), entity, c, now) for c in ids
+            }
+        else:
+            ledger = self._bulk(self._store, entity)
+            decisions = {c: self._decide(ledger.get(c), entity, c, now) for c in ids}
+        return self._with_shadow(entity, decisions, now)
+
+    def _with_shadow(
+        self, entity: str, decisions: dict[str, GateDecision], now: datetime
+    ) -> dict[str, GateDecision]:
+        """The ledger's decisions, with the shadow evidence asked of those it allows."""
+        allowed = [c for c, d in decisions.items() if d.allowed]
+        if self._shadow is None or not allowed:
+            return decisions
+        found = shadow_verdict(self._store, entity, allowed, policy=self._shadow, now=now)
+        out = dict(decisions)
+        for c in allowed:
+            evidence = found[c]
+            reason = f"{decisions[c].reason}; {evidence.reason}" if evidence.ok else evidence.reason
+            out[c] = GateDecision(evidence.ok, reason)
+        return out

@@ -31,6 +31,7 @@ from stores.sql import StoreUnavailable
 
 from .audit import AuditLog, Change, CohortStep
 from .backend import FlagBackend, backend_for
+from .evidence import ShadowPolicy
 from .gate import BulkGateRefused, Gate, GateDecision, GateRefused, LedgerReader
 from .stages import (
     DEFAULT_LIST_LIMIT,
@@ -202,6 +203,7 @@ class FlagService:
             self.runtime.sql,
             self.runtime.settings.gate_max_verification_age_s,
             self._ledger_reader,
+            shadow=ShadowPolicy.from_settings(self.runtime.settings),
         )
 
     def _flags(self, name: str) -> EntityFlags:

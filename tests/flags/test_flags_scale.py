@@ -23,7 +23,7 @@ from cutover.config import ConfigError
 from cutover.runtime import Runtime
 from cutover.settings import Settings
 from flags.evaluator import StageReader
-from flags.gate import BulkGateRefused
+from flags.gate import BulkGateRefused, GateRefused
 from flags.service import FlagService
 from flags.stages import (
     FlagError,
@@ -603,3 +603,38 @@ def test_a_flag_switched_off_outside_cutover_is_shown_and_switched_on_by_the_nex
     plan = service.set_cohort(orders, Stage.NEW, 50, actor="t", reason="switch it back on")
     assert plan.applied and plan.to_new and not plan.blocked
     assert service.status(orders).counts["new"] == len(plan.to_new)
+
+
+def test_the_gate_asks_shadow_evidence_of_single_and_bulk_moves(
+    file_runtime: Runtime, orders: str
+) -> None:
+    """Verified clients whose shadow evidence shows mismatches are refused, named with
+    their rate, both by `set ... new` and by a cohort step; a client with clean
+    evidence (or none, at the default minimum of 0 comparisons) passes. Nothing moves
+    on a refusal."""
+    from flags.evidence import Counts, EvidenceBuffer
+
+    rules = StageRules(orders)
+    clients = [f"e{i:03d}" for i in range(200)]
+    cohort = [c for c in clients if rules.bucket(c) <= 20]
+    dirty, clean = cohort[0], cohort[1]
+    seed_ledger(file_runtime, orders, clients)
+    buffer = EvidenceBuffer(file_runtime.sql)
+    buffer.count(orders, dirty, "shadow", Counts(comparisons=50, mismatches=2, mismatched_items=2))
+    buffer.count(orders, clean, "shadow", Counts(comparisons=50))
+    buffer.flush()
+    service = FlagService(file_runtime)
+
+    with pytest.raises(GateRefused, match=r"mismatch"):
+        service.set_stage(orders, dirty, Stage.NEW, actor="t")
+    assert service.backend.read(orders).stage_of(dirty) is Stage.OLD
+    with pytest.raises(BulkGateRefused) as refused:
+        service.set_cohort(orders, Stage.NEW, 20, actor="t")
+    assert [c for c, _ in refused.value.blocked] == [dirty]
+    assert service.backend.read(orders).new.rule.percent == 0
+
+    change = service.set_stage(orders, clean, Stage.NEW, actor="t")
+    assert change is not None and "50 shadow comparisons" in (change.gate or ""), change
+    service.hold(orders, dirty, Stage.OLD, actor="t", reason="mismatches")
+    plan = service.set_cohort(orders, Stage.NEW, 20, actor="t")
+    assert plan.applied and dirty not in plan.to_new
