@@ -7,7 +7,10 @@ transaction through :class:`~subscribers.handler.BatchHandler` and acks its mess
 only after the commit (decoding the next batch overlaps the previous commit). A store
 error nacks the whole batch (Pub/Sub redelivers it) and the committer backs off before
 trying the next one: the worker never stops for a store outage and needs no restart
-when the store returns. Nothing one message does stops it either: the handler turns
+when the store returns. A store that refuses the login (an error marked not
+``retryable``) is the exception: retrying cannot help, so the worker stops at once with
+the reason and exit code 1, having nacked the batch. Nothing one message does stops it
+either: the handler turns
 whatever a message causes, while it is decoded or written, into one failure-log entry
 and applies the rest of its batch (see :mod:`subscribers.handler`).
 
@@ -203,6 +206,9 @@ class _Runner:
                     for _, message in batch:
                         message.nack()
                     w.metrics.nacked_batches.labels(**self.labels).inc()
+                    if not getattr(exc, "retryable", True):
+                        self._refused(exc)
+                        return
                     log.warning(
                         "%s: batch of %d nacked for redelivery, retrying in %.1fs: %s: %s",
                         self.sub.name,
@@ -236,6 +242,16 @@ class _Runner:
                 return
             for _, message in work[0] if work else []:
                 message.nack()
+
+    def _refused(self, exc: BaseException) -> None:
+        """A store refused us for good (a rejected login): waiting cannot help, so the
+        worker stops at once and says why; the batch was nacked, so nothing is lost."""
+        self.error = (
+            f"{self.sub.name}: {redact(str(exc))}; not retried: fix the store's "
+            "credentials in the settings and start the worker again"
+        )
+        log.error("%s", self.error)
+        self.worker.stopping.set()
 
     def _crashed(self, stage: str, exc: BaseException) -> None:
         self.error = f"{self.sub.name}: {stage} crashed: {type(exc).__name__}: {exc}"
