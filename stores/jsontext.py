@@ -31,13 +31,21 @@ _LONG_NUMBER = b"0" * 19
 
 
 def loads(text: bytes) -> Any:
-    """Parse one JSON document exactly as ``json.loads`` would (and raise ValueError)."""
-    if _LONG_NUMBER in text.translate(_DIGITS_AS_ZERO):
-        return json.loads(text)
+    """Parse one JSON document exactly as ``json.loads`` would, or raise ValueError.
+
+    Text nested deeper than the standard library can parse (it recurses, and gives up
+    near Python's recursion limit, about 1,000 levels) is a ValueError too, not a
+    RecursionError: for a caller, such text is simply not a document it can read.
+    """
     try:
-        return orjson.loads(text)
-    except orjson.JSONDecodeError:
-        return json.loads(text)
+        if _LONG_NUMBER in text.translate(_DIGITS_AS_ZERO):
+            return json.loads(text)
+        try:
+            return orjson.loads(text)
+        except orjson.JSONDecodeError:
+            return json.loads(text)
+    except RecursionError:
+        raise ValueError("JSON nested too deeply to parse") from None
 
 
 def dumps(value: Any, *, sort_keys: bool = False) -> str:
