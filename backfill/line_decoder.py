@@ -12,28 +12,63 @@ to the same row; whatever it is unsure of (a failed check, an integral float in 
 integer column, a TIME object inside a JSON column, lone surrogates, a number out of
 range, a tombstone with odd fields) it hands back as ``None`` for the reference path
 to decide, with the reference path's error message. ``tests/backfill/
-test_line_decoder.py`` compares the two on generated documents.
+test_line_decoder.py`` compares the two on generated documents, hostile ones included.
+
+The contract's limits (:mod:`cutover.limits`) are the mapping's too, so the fast path
+never takes what they refuse. msgspec itself refuses lone surrogates and numbers out
+of range, and the struct declares the identity and INT limits (2**53, the key
+length); the rest is settled by tests on the bytes, so the common document costs no
+walk over its values:
+
+* ``\\u0000`` anywhere (a NUL in some string; JSON cannot spell one otherwise): declined;
+* a JSON column's value is walked with :func:`~cutover.limits.check_json`, exactly as
+  the mapping walks it, only when its document's text might break a limit: more
+  brackets than ``MAX_DEPTH + 1`` (the document's own object and the deepest value
+  allowed; a count of brackets bounds the depth), a run of 16 digits or more (every
+  integer beyond 2**53 has one), or a line long enough to hold an array of more than
+  ``MAX_ARRAY_ITEMS`` items.
+
+(A JSON type spelled out to ``MAX_DEPTH`` levels would let msgspec check all of it in
+C, but building its decoder costs seconds: msgspec walks such a type as a tree.)
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from bisect import bisect_right
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
+from itertools import accumulate
 from typing import Annotated, Any
 
 import msgspec
 from msgspec.structs import astuple
 
 from cutover.config import Column, ColumnType, Entity
+from cutover.limits import MAX_ARRAY_ITEMS, MAX_DEPTH, MAX_SAFE_INTEGER, LimitError, check_json
 from stores.mapping import Row, parse_datetime
 
 #: Decodes one document's JSON text; None means "use the reference path".
 LineDecoder = Callable[[bytes], Row | None]
-#: Decodes a JSON array of documents into values lists; None: "one by one, please".
-BlockDecoder = Callable[[bytes], list[list[Any]] | None]
+#: Decodes whole-document lines (each ending with its ``,`` and line break, as an
+#: export holds them) into values lists; None: "one by one, please".
+BlockDecoder = Callable[[Sequence[bytes]], list[list[Any]] | None]
 
-_I64 = msgspec.Meta(ge=-(2**63), le=2**63 - 1)
-_NON_EMPTY = msgspec.Meta(min_length=1)
+#: A NUL in any string of the text (JSON can only spell it so: raw, it is an error).
+_NUL = b"\\u0000"
+#: Openers (of arrays and objects) as "[", line breaks kept, every other byte deleted.
+_OPENERS = bytes.maketrans(b"{", b"[")
+_NOT_OPENERS = bytes(b for b in range(256) if b not in b"[{\n")
+_DIGITS_AS_ZERO = bytes(0x30 if 0x30 <= b <= 0x39 else 0x20 for b in range(256))
+#: 16 digits: 2**53 has 16, and any number with fewer is below 10**15.
+_LONG_INTEGER = b"0" * 16
+#: A line no longer than this cannot hold an array of more than MAX_ARRAY_ITEMS items.
+_LONG_LINE = 2 * MAX_ARRAY_ITEMS
+#: The document's own object, then the deepest value allowed.
+_MOST_OPENERS = MAX_DEPTH + 1
+_TOO_MANY_OPENERS = b"[" * (_MOST_OPENERS + 1)
+
+#: Integers a double keeps exactly: the mapping's range for INT columns and versions.
+_SAFE = msgspec.Meta(ge=-MAX_SAFE_INTEGER, le=MAX_SAFE_INTEGER)
 
 
 class _Time(msgspec.Struct, rename={"reql_type": "$reql_type$"}):
@@ -50,7 +85,7 @@ def _column_type(column: Column) -> Any:
     if kind is ColumnType.STRING:
         t = Annotated[str, msgspec.Meta(max_length=column.max_length)] if column.max_length else str
     elif kind is ColumnType.INT:
-        t = Annotated[int, _I64]
+        t = Annotated[int, _SAFE]
     elif kind is ColumnType.FLOAT:
         t = float  # accepts JSON integers, as the mapping does; out-of-range numbers fail
     elif kind is ColumnType.BOOL:
@@ -71,9 +106,9 @@ def _document_struct(entity: Entity) -> type[msgspec.Struct] | None:
     if len(set(sources)) != len(sources):
         return None
     fields: list[tuple[str, Any] | tuple[str, Any, Any]] = [
-        ("f_key", Annotated[str, _NON_EMPTY]),
-        ("f_client", Annotated[str, _NON_EMPTY]),
-        ("f_version", Annotated[int, msgspec.Meta(ge=0)]),
+        ("f_key", Annotated[str, msgspec.Meta(min_length=1, max_length=entity.key_max_length)]),
+        ("f_client", Annotated[str, msgspec.Meta(min_length=1)]),
+        ("f_version", Annotated[int, msgspec.Meta(ge=0, le=MAX_SAFE_INTEGER)]),
         ("f_deleted", Any, None),
     ]
     rename = dict(zip(("f_key", "f_client", "f_version", "f_deleted"), fixed, strict=True))
@@ -115,6 +150,10 @@ def _finisher(entity: Entity) -> Callable[[list[Any]], list[Any] | None]:
     return finish
 
 
+#: What msgspec raises on text it declines (RecursionError: nested past its reach).
+_DECLINED = (msgspec.DecodeError, UnicodeDecodeError, RecursionError)
+
+
 def line_decoder(entity: Entity) -> LineDecoder | None:
     """The entity's fast path for one line, or None when it has none."""
     struct = _document_struct(entity)
@@ -122,14 +161,17 @@ def line_decoder(entity: Entity) -> LineDecoder | None:
         return None
     decode = msgspec.json.Decoder(struct).decode
     finish = _finisher(entity)
+    walk = _json_walk(entity)
     names = tuple(c.name for c in entity.columns)
 
     def decode_line(text: bytes) -> Row | None:
+        if _NUL in text:
+            return None
         try:
             values = finish(list(astuple(decode(text))))
-        except (msgspec.DecodeError, UnicodeDecodeError):
+        except _DECLINED:
             return None
-        if values is None:
+        if values is None or (walk is not None and not _certain(text) and not walk(values)):
             return None
         key, client, version, deleted, *columns = values
         return Row(key, client, version, deleted, dict(zip(names, columns, strict=True)))
@@ -140,8 +182,8 @@ def line_decoder(entity: Entity) -> LineDecoder | None:
 def block_decoder(entity: Entity) -> BlockDecoder | None:
     """The entity's fast path for many lines at once, or None when it has none.
 
-    Given the text of a JSON array of documents, it returns each one's values (key,
-    client id, version, deleted, then the entity's columns in order: what
+    Given whole-document lines, it returns each one's values (key, client id, version,
+    deleted, then the entity's columns in order: what
     :meth:`~stores.sql.store.RowEncoder.prepare_values` takes), with one decoder call
     and no row objects: about half the reader's CPU time per document. All or nothing:
     None as soon as one document is not certain, and the caller reads the block again
@@ -152,11 +194,16 @@ def block_decoder(entity: Entity) -> BlockDecoder | None:
         return None
     decode = msgspec.json.Decoder(list[struct]).decode  # type: ignore[valid-type]
     finish = _finisher(entity)
+    walk = _json_walk(entity)
 
-    def decode_block(text: bytes) -> list[list[Any]] | None:
+    def decode_block(lines: Sequence[bytes]) -> list[list[Any]] | None:
+        joined = b"".join(lines)
+        if _NUL in joined:
+            return None
+        unsure = _unsure_lines(joined, lines) if walk is not None else ()
         try:
-            documents = decode(text)
-        except (msgspec.DecodeError, UnicodeDecodeError):
+            documents = decode(b"[" + joined.rstrip().rstrip(b",") + b"]")
+        except _DECLINED:
             return None
         out = []
         for document in documents:
@@ -164,9 +211,60 @@ def block_decoder(entity: Entity) -> BlockDecoder | None:
             if values is None:
                 return None
             out.append(values)
+        if walk is not None and not all(walk(out[i]) for i in unsure if i < len(out)):
+            return None
         return out
 
     return decode_block
+
+
+def _certain(text: bytes) -> bool:
+    """True when no JSON value in this document's text can break a limit (see above)."""
+    return (
+        len(text) <= _LONG_LINE
+        and text.count(b"[") + text.count(b"{") <= _MOST_OPENERS
+        and _LONG_INTEGER not in text.translate(_DIGITS_AS_ZERO)
+    )
+
+
+def _unsure_lines(joined: bytes, lines: Sequence[bytes]) -> set[int] | tuple[()]:
+    """The lines of a block whose JSON values must be walked: :func:`_certain` for
+    every line at once, in a few C-level passes over the block (each line ends with
+    its line break, and JSON text holds no other)."""
+    openers = joined.translate(_OPENERS, _NOT_OPENERS)
+    digits = joined.translate(_DIGITS_AS_ZERO)
+    long_lines = max(map(len, lines), default=0) > _LONG_LINE
+    if _TOO_MANY_OPENERS not in openers and _LONG_INTEGER not in digits and not long_lines:
+        return ()
+    unsure = {i for i, found in enumerate(openers.split(b"\n")) if len(found) > _MOST_OPENERS}
+    unsure.update(i for i, line in enumerate(lines) if len(line) > _LONG_LINE)
+    ends = list(accumulate(map(len, lines)))
+    at = digits.find(_LONG_INTEGER)
+    while at >= 0:
+        i = bisect_right(ends, at)
+        unsure.add(i)
+        at = digits.find(_LONG_INTEGER, ends[i]) if i < len(ends) else -1
+    return unsure
+
+
+def _json_walk(entity: Entity) -> Callable[[list[Any]], bool] | None:
+    """Whether a decoded document's JSON column values are within the limits, walked as
+    the mapping walks them; None when the entity has no JSON column."""
+    positions = [4 + i for i, c in enumerate(entity.columns) if c.type is ColumnType.JSON]
+    if not positions:
+        return None
+
+    def walk(values: list[Any]) -> bool:
+        try:
+            for at in positions:
+                value = values[at]
+                if value is not None and value is not True and value is not False:
+                    check_json(value)
+        except LimitError:
+            return False
+        return True
+
+    return walk
 
 
 _UNSURE = object()

@@ -30,9 +30,10 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any, Protocol
 
+from stores.mapping import Row
 from stores.sql import PreparedRows, RowEncoder
 
-from .documents import BadDoc, map_documents
+from .documents import BadDoc, bad_document, map_documents
 from .sources import Reader, Source
 
 #: Estimated rows from which a run prepares its batches in child processes.
@@ -79,16 +80,45 @@ def make_ready(reader: Reader, encoder: RowEncoder, limit: int) -> ReadyBatch:
             values[-1][0] if values else None,
         )
     rows, bad, counts, last_key = map_documents(encoder.entity, batch.docs, batch.locate)
+    prepared, unwritable = _prepare(encoder, rows)
+    for b in unwritable:
+        if b.client in counts:
+            counts[b.client] -= 1
     return ReadyBatch(
         batch.position,
         batch.exhausted,
         len(batch.docs),
         batch.skipped,
-        encoder.prepare(rows),
-        bad,
-        counts,
+        prepared,
+        [*bad, *unwritable],
+        {c: n for c, n in counts.items() if n},
         last_key,
     )
+
+
+def _prepare(encoder: RowEncoder, rows: list[Row]) -> tuple[PreparedRows, list[BadDoc]]:
+    """The rows as the upsert's batch, and a bad document per row that cannot be in it.
+
+    Mapped rows are within the contract's limits, which keeps them serialisable; should
+    one still fail to serialise, it alone is left out (each row is then tried on its
+    own). A failure that is no single row's is raised.
+    """
+    try:
+        return encoder.prepare(rows), []
+    except Exception as exc:
+        failed = exc
+    good, bad = [], []
+    for row in rows:
+        try:
+            encoder.prepare([row])
+        except Exception as exc:
+            reason = f"cannot be written ({type(exc).__name__}: {exc})"
+            bad.append(bad_document(row.key, row.client_id, reason, "prepare"))
+            continue
+        good.append(row)
+    if not bad or (not good and len(rows) > 1):
+        raise failed
+    return encoder.prepare(good), bad
 
 
 class Producer(Protocol):

@@ -18,6 +18,13 @@ is streamed with ``json.JSONDecoder.raw_decode`` over fixed-size chunks, so memo
 does not grow with the file; the checkpoint is a byte offset. A file with one
 document per line is split into byte ranges for ``--workers``; any other layout is
 read as a single partition.
+
+Whatever one document holds, it is handed over on its own: a live document comes
+back as its own JSON text (``to_json``, so no driver conversion or recursion can fail
+a page) and is decoded here; an export line that cannot be decoded (not JSON, nested
+past the parser's reach, not UTF-8) becomes an :class:`~backfill.documents.Unreadable`
+at its byte offset, and reading goes on at the next line. So one document costs at
+most its own bad-document record, never its batch or the run.
 """
 
 from __future__ import annotations
@@ -38,9 +45,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from cutover.config import Entity
+from cutover.limits import LimitError, check_text
 from stores import jsontext
 from stores.mapping import Row
 
+from .documents import Unreadable
 from .line_decoder import LineDecoder, block_decoder, line_decoder
 
 if TYPE_CHECKING:  # the driver is imported where it is used: an export needs none of it
@@ -136,7 +145,22 @@ def order_clients(
 
 # -- live RethinkDB ---------------------------------------------------------------------
 class RethinkSource:
-    """A live RethinkDB through :class:`~stores.rethink.RethinkStore`, paged by key."""
+    """A live RethinkDB through :class:`~stores.rethink.RethinkStore`, paged by key.
+
+    Documents are fetched as their own JSON text (``[key, doc.to_json()]`` pairs) and
+    decoded here exactly as an export's lines are (the fast path, else the reference
+    path; TIME objects at the top level become datetimes, anything deeper stays as the
+    server wrote it), so a live copy and an export copy of the same data map alike, and
+    no document can fail the driver's decoding of a whole page (a TIME object without
+    its epoch, nesting past Python's recursion limit). When the server cannot serve a
+    page at all (reqlite fails on a document nested a few thousand levels deep), the
+    page's keys are read and its documents fetched one by one: each one that still
+    fails becomes an :class:`~backfill.documents.Unreadable` with its key.
+
+    Every value taken from the data into a query (a key, a client id) is sent as JSON
+    text (``r.json``): a key holding a lone surrogate, which the driver cannot encode,
+    is still a bound the server understands.
+    """
 
     def __init__(self, store: RethinkStore, *, page_size: int = 1000) -> None:
         self.store = store
@@ -165,7 +189,7 @@ class RethinkSource:
             counts = {c: int(n) for c, n in groups.items() if isinstance(c, str) and c}
             strays = sum(int(n) for c, n in groups.items() if not (isinstance(c, str) and c))
         plan = [
-            PlannedPartition(f"client:{c}", {"kind": "client", "client": c}, c, counts[c])
+            _client_partition(c, counts[c])
             for c in order_clients(counts, active_first=active_first, priority=priority)
         ]
         if strays:
@@ -181,18 +205,29 @@ class RethinkSource:
     ) -> Reader:
         after = json.loads(position) if position is not None else None
         if spec["kind"] == "client":
-            return _RethinkReader(self.store, entity, spec["client"], after)
+            client = spec["client"] if "client" in spec else json.loads(spec["client_json"])
+            return _RethinkReader(self, entity, client, after)
         if spec["kind"] == "sweep":
-            return _RethinkReader(self.store, entity, None, after, sweep=True)
+            return _RethinkReader(self, entity, None, after, sweep=True)
         raise SourceError(f"a RethinkDB source cannot read a {spec['kind']!r} partition")
 
     def scan(self, entity: Entity, client: str | None) -> Iterator[Any]:
-        return self.store.scan(entity, client, page_size=self.page_size)
+        """Documents (never rows: verification maps them itself) in key order."""
+        reader = _RethinkReader(self, entity, client, None, fast=False)
+        while True:
+            batch = reader.next_batch(self.page_size)
+            yield from batch.docs
+            if batch.exhausted:
+                return
 
     def get_many(self, entity: Entity, keys: Sequence[Any]) -> list[Any]:
+        from stores.rethink import r
+
+        table = self.store.table(entity)
         found: list[Any] = []
         for start in range(0, len(keys), 1000):
-            found.extend(self.store.get_many(entity, list(keys[start : start + 1000])))
+            query = table.get_all(r.args(_as_json(list(keys[start : start + 1000]))))
+            found.extend(doc for _, doc in self.documents(entity, query, None))
         return found
 
     def clients(self, entity: Entity) -> list[str]:
@@ -201,77 +236,174 @@ class RethinkSource:
     def sample_keys(self, entity: Entity, client: str, n: int, seed: int) -> list[Any]:
         from stores.rethink import r
 
+        c = _as_json(client)
         query = (
             self.store.table(entity)
-            .between([client, r.minval], [client, r.maxval], index=entity.client_index)
+            .between([c, r.minval], [c, r.maxval], index=entity.client_index)
+            .get_field(entity.key)
             .sample(int(n))
         )
         with self.store.connection() as conn:
-            docs = list(query.run(conn))
-        # reqlite wraps each sampled document in a list; RethinkDB does not.
-        flat = [d[0] if isinstance(d, list) and d else d for d in docs]
-        return [d.get(entity.key) for d in flat if isinstance(d, dict)]
+            keys = list(query.run(conn, **_RAW))
+        # reqlite wraps each sampled value in a list; RethinkDB does not.
+        return [k[0] if isinstance(k, list) and len(k) == 1 else k for k in keys]
+
+    # -- reading ------------------------------------------------------------------------
+    def page_query(
+        self, entity: Entity, client: str | None, after: Any, limit: int, *, sweep: bool = False
+    ) -> Any:
+        """The next ``limit`` documents after ``after``: one client's (by the client
+        index), or all (by primary key), or the sweep's (client missing or not a string)."""
+        from stores.rethink import r
+
+        table = self.store.table(entity)
+        bound = "closed" if after is None else "open"
+        if client is None:
+            lower = r.minval if after is None else _as_json(after)
+            query = table.between(lower, r.maxval, left_bound=bound).order_by(index=entity.key)
+            if sweep:
+                field = entity.client
+                query = query.filter(
+                    lambda d: d.has_fields(field).not_() | d[field].type_of().ne("STRING")
+                )
+        else:
+            c = _as_json(client)
+            lower = [c, r.minval] if after is None else [c, _as_json(after)]
+            query = table.between(
+                lower, [c, r.maxval], index=entity.client_index, left_bound=bound
+            ).order_by(index=entity.client_index)
+        return query.limit(int(limit))
+
+    def documents(
+        self, entity: Entity, query: Any, decode_row: LineDecoder | None
+    ) -> list[tuple[Any, Any]]:
+        """``(key, document)`` for each document ``query`` selects, in its order.
+
+        A document is a :class:`Row` when ``decode_row`` maps it, else what its JSON
+        text decodes to, or an :class:`Unreadable`. Only a store failure (connection,
+        timeout: :class:`~stores.rethink.RethinkUnavailable`) is raised.
+        """
+        from stores.rethink import RethinkUnavailable
+
+        key = entity.key
+        try:
+            with self.store.connection() as conn:
+                pairs = list(query.map(lambda d: [d[key], d.to_json()]).run(conn, **_RAW))
+        except RethinkUnavailable:
+            raise
+        except Exception:  # one document the server or the driver cannot serve
+            pairs = self._one_by_one(entity, query)
+        return [(k, _decoded(text, decode_row, k)) for k, text in pairs]
+
+    def _one_by_one(self, entity: Entity, query: Any) -> list[tuple[Any, Any]]:
+        """The query's keys, then each document on its own: the page that failed."""
+        from stores.rethink import RethinkUnavailable
+
+        with self.store.connection() as conn:
+            keys = list(query.get_field(entity.key).run(conn, **_RAW))
+        table = self.store.table(entity)
+        pairs: list[tuple[Any, Any]] = []
+        for k in keys:
+            try:
+                with self.store.connection() as conn:
+                    pairs.append((k, table.get(_as_json(k)).to_json().run(conn)))
+            except RethinkUnavailable:
+                raise
+            except Exception as exc:
+                reason = f"the old store cannot serve it ({type(exc).__name__}: {exc})"
+                pairs.append((k, Unreadable(reason[:300], f"key {_shown(k)}", k)))
+        return pairs
+
+
+#: Driver options for every page: pseudo-types (TIME, BINARY) stay as the server sends
+#: them, so decoding a key or a bound never fails on one.
+_RAW = {"time_format": "raw", "binary_format": "raw"}
+
+
+def _as_json(value: Any) -> Any:
+    """A value from the data as a query term: its JSON text, parsed by the server."""
+    from stores.rethink import r
+
+    return r.json(json.dumps(value))
+
+
+def _shown(value: Any) -> str:
+    return json.dumps(value, default=repr)
+
+
+def _decoded(text: Any, decode_row: LineDecoder | None, key: Any) -> Any:
+    """A live document's JSON text decoded as an export line is (see :func:`decode`)."""
+    if isinstance(text, Unreadable):
+        return text
+    if not isinstance(text, str):
+        reason = f"the old store sent {type(text).__name__}, not JSON text"
+        return Unreadable(reason, f"key {_shown(key)}", key)
+    try:
+        return decode(text.encode("utf-8", "backslashreplace"), decode_row)
+    except ValueError as exc:
+        return Unreadable(f"not a JSON document ({exc})"[:300], f"key {_shown(key)}", key)
+
+
+def _client_partition(client: str, est_rows: int) -> PlannedPartition:
+    """One client's partition, named by its id when every store can keep that id.
+
+    Any other id (a NUL, a lone surrogate, longer than the client column) is carried as
+    JSON text and the partition is named by a digest: its documents are still read
+    and each is reported (the mapping refuses such an id), and nothing about it has to
+    fit a bookkeeping column.
+    """
+    if len(client) <= 255:
+        try:
+            check_text(client)
+            return PlannedPartition(
+                f"client:{client}", {"kind": "client", "client": client}, client, est_rows
+            )
+        except LimitError:
+            pass
+    text = json.dumps(client)
+    digest = hashlib.sha256(text.encode()).hexdigest()[:32]
+    return PlannedPartition(
+        f"client#{digest}", {"kind": "client", "client_json": text}, None, est_rows
+    )
 
 
 class _RethinkReader:
-    """One client's documents via the client index, or the sweep of client-less ones."""
+    """One client's documents via the client index, all of them by primary key, or the
+    sweep of client-less ones; ``fast=False`` hands over documents, never rows."""
 
     def __init__(
         self,
-        store: RethinkStore,
+        source: RethinkSource,
         entity: Entity,
         client: str | None,
         after: Any,
         *,
         sweep: bool = False,
+        fast: bool = True,
     ) -> None:
-        self.store, self.entity, self.client, self.after, self.sweep = (
-            store,
-            entity,
-            client,
-            after,
-            sweep,
-        )
+        self.source, self.entity, self.client, self.after = source, entity, client, after
+        self.sweep = sweep
+        self._decode_row = line_decoder(entity) if fast else None
 
     def next_batch(self, limit: int) -> Batch:
-        if self.sweep:
-            docs = self._sweep_page(limit)
-        else:
-            docs = self.store.page(self.entity, self.client, after=self.after, limit=limit)
+        query = self.source.page_query(
+            self.entity, self.client, self.after, limit, sweep=self.sweep
+        )
+        pairs = self.source.documents(self.entity, query, self._decode_row)
         previous = self.after
-        if docs:
-            self.after = docs[-1][self.entity.key]
-        key = self.entity.key
+        if pairs:
+            self.after = pairs[-1][0]
+        keys = [k for k, _ in pairs]
 
         def locate(i: int) -> str:
-            doc = docs[i]
-            return (
-                f"key {json.dumps(doc.get(key) if isinstance(doc, dict) else None)} "
-                f"(after {json.dumps(previous)})"
-            )
+            return f"key {_shown(keys[i])} (after {_shown(previous)})"
 
         return Batch(
-            docs,
+            [doc for _, doc in pairs],
             json.dumps(self.after) if self.after is not None else None,
-            exhausted=len(docs) < limit,
+            exhausted=len(pairs) < limit,
             locate=locate,
         )
-
-    def _sweep_page(self, limit: int) -> list[Any]:
-        """Documents whose client field is missing or not a string, by primary key."""
-        from stores.rethink import r
-
-        e = self.entity
-        table = self.store.table(e)
-        lower = r.minval if self.after is None else self.after
-        query = (
-            table.between(lower, r.maxval, left_bound="closed" if self.after is None else "open")
-            .order_by(index=e.key)
-            .filter(lambda d: d.has_fields(e.client).not_() | d[e.client].type_of().ne("STRING"))
-            .limit(int(limit))
-        )
-        with self.store.connection() as conn:
-            return list(query.run(conn))
 
     def close(self) -> None:
         return None
@@ -307,6 +439,26 @@ def native(doc: Any) -> Any:
     return doc
 
 
+def decode(text: bytes, decode_row: LineDecoder | None) -> Any:
+    """One document's JSON text: its :class:`Row` when the fast path ``decode_row`` maps
+    it, else the parsed document (TIME objects at its top level as datetimes).
+
+    Raises ValueError for text that is not JSON (nested too deeply to parse included).
+    """
+    if decode_row is not None and (row := decode_row(text)) is not None:
+        return row
+    doc = jsontext.loads(text)
+    if _TIME in text or b"\\u" in text:  # a TIME value, perhaps spelled with escapes
+        doc = native(doc)
+    return doc
+
+
+def _line_end(text: str, pos: int) -> int | None:
+    """Just past the line break at or after ``pos``; None when ``text`` ends first."""
+    found = text.find("\n", pos)
+    return found + 1 if found >= 0 else None
+
+
 class DocStream:
     """Documents of a JSON-array or JSON-lines file from a byte offset, with offsets.
 
@@ -323,6 +475,12 @@ class DocStream:
     With ``decode_row`` (the backfill's :func:`~backfill.line_decoder.line_decoder`),
     a line it can map comes out as a :class:`~stores.mapping.Row` instead of a
     document; the other lines come out as documents, as without it.
+
+    A document that cannot be decoded (not JSON, nested too deeply to parse, a file
+    that ends inside it) comes out as an :class:`Unreadable` at its offset, and
+    reading goes on at the next line, so a bad line never takes the next line's
+    document with it. Bytes that are not UTF-8 are read as lone surrogates, which the
+    mapping then refuses (the document is reported by its key).
     """
 
     def __init__(
@@ -339,17 +497,20 @@ class DocStream:
         self._decode_row = decode_row
 
     def __iter__(self) -> Generator[tuple[Any, int], None, None]:
-        resume = yield from self._lines()
-        if resume is not None:
-            yield from self._stream(resume)
+        at: int | None = self.start
+        while at is not None:
+            resume = yield from self._lines(at)
+            if resume is None:
+                return
+            at = yield from self._stream(resume)
 
-    def _lines(self) -> Generator[tuple[Any, int], None, int | None]:
+    def _lines(self, start: int) -> Generator[tuple[Any, int], None, int | None]:
         """One document per line; returns where the line layout stopped, if it did."""
         end = self.end
         decode_row = self._decode_row
         with open(self.path, "rb") as fh:
-            fh.seek(self.start)
-            at = self.start
+            fh.seek(start)
+            at = start
             while line := fh.readline(_LINE_LIMIT):
                 if len(line) == _LINE_LIMIT and not line.endswith(b"\n"):
                     return at  # a very long line: the chunked stream keeps memory flat
@@ -371,25 +532,23 @@ class DocStream:
                     return None
                 if not text.startswith(b"{") or not text.endswith(b"}"):
                     return begin  # not one whole object on this line
-                if decode_row is not None and (row := decode_row(text)) is not None:
-                    self.position = at
-                    yield row, begin + line.index(b"{")
-                    continue
                 try:
-                    doc = jsontext.loads(text)
+                    doc = decode(text, decode_row)
                 except ValueError:
                     return begin  # an object spread over lines, or corrupt: let _stream say
                 self.position = at
-                if _TIME in text or b"\\u" in text:  # a TIME value, perhaps spelled with escapes
-                    doc = native(doc)
                 yield doc, begin + line.index(b"{")
         return None
 
-    def _stream(self, start: int) -> Iterator[tuple[Any, int]]:
-        """Any layout: ``raw_decode`` over fixed-size chunks of text from ``start``."""
+    def _stream(self, start: int) -> Generator[tuple[Any, int], None, int | None]:
+        """Any layout: ``raw_decode`` over fixed-size chunks of text from ``start``.
+
+        Returns None at the end, or, after an unreadable document followed by a line
+        that looks like one whole document, that line's offset: the line layout
+        goes on from there."""
         raw_decode = self._decoder.raw_decode
         skip = _match_end
-        utf8 = codecs.getincrementaldecoder("utf-8")()
+        utf8 = codecs.getincrementaldecoder("utf-8")("surrogateescape")
         # buf holds decoded text from byte offset `base`; (mark_p, mark_b) caches the
         # byte offset of one text position so offsets cost O(1) per document.
         buf, base, eof, ascii_buf = "", start, False, True
@@ -399,7 +558,7 @@ class DocStream:
             nonlocal mark_p, mark_b
             if ascii_buf:
                 return base + pos
-            mark_b += len(buf[mark_p:pos].encode("utf-8"))
+            mark_b += len(buf[mark_p:pos].encode("utf-8", "surrogateescape"))
             mark_p = pos
             return mark_b
 
@@ -427,26 +586,33 @@ class DocStream:
                 p = skip(buf, p)
                 if p >= len(buf):
                     if eof:
-                        return
+                        return None
                     p = refill(p)
                     continue
                 if buf[p] == "]":
-                    return
+                    return None
                 begin = offset(p)
                 if self.end is not None and begin >= self.end:
-                    return
+                    return None
                 try:
                     doc, q = raw_decode(buf, p)
-                except json.JSONDecodeError as exc:
-                    if eof:
-                        raise SourceError(
-                            f"{self.path}: invalid JSON at byte {begin}: {exc.msg}"
-                        ) from None
-                    if len(buf) - p > _MAX_DOC:
-                        raise SourceError(
-                            f"{self.path}: document at byte {begin} is invalid or too large"
-                        ) from None
-                    p = refill(p)
+                except (json.JSONDecodeError, RecursionError) as exc:
+                    end, why = _unreadable_extent(buf, p, exc, eof)
+                    if end is None:  # it may go on in the next chunk: read more first
+                        if len(buf) - p > _MAX_DOC:
+                            raise SourceError(
+                                f"{self.path}: document at byte {begin} is invalid or too large"
+                            ) from None
+                        p = refill(p)
+                        continue
+                    if isinstance(exc, json.JSONDecodeError) and why == "invalid":
+                        at = f" at byte {offset(exc.pos)}" if exc.pos < end else ""
+                        why = f"not valid JSON: {exc.msg}{at}"
+                    p = end
+                    self.position = offset(end)
+                    yield Unreadable(why, f"{self.path.name}@{begin}"), begin
+                    if _whole_object_line(buf, end):
+                        return self.position
                     continue
                 if q >= len(buf) and not eof:
                     p = refill(p)  # a value may go on in the next chunk: decode it again
@@ -454,6 +620,44 @@ class DocStream:
                 p = q
                 self.position = offset(q)
                 yield native(doc), begin
+
+
+def _unreadable_extent(
+    text: str, pos: int, exc: json.JSONDecodeError | RecursionError, eof: bool
+) -> tuple[int | None, str]:
+    """How far the document at ``pos`` that failed to decode with ``exc`` goes, and
+    why it is unreadable ("invalid": the caller names the error and its byte).
+
+    It goes to the end of its first line, so a document that is not JSON never takes
+    the next line's document with it (in the one-document-per-line layout every
+    export has, that is the whole document). None for the end when the text may go on
+    past ``text`` (read more, then decide): a value cut by the end of the chunk fails
+    to decode just as a corrupt one does. A failure past the end of its line, when the
+    next line is a document of its own, is that line's: nothing more is read for it.
+    """
+    end = _line_end(text, pos)
+    unclosed = "not valid JSON: it does not close on its line"
+    beyond = isinstance(exc, json.JSONDecodeError) and end is not None and exc.pos >= end
+    if beyond and end is not None and _whole_object_line(text, end):
+        return end, unclosed
+    cut = isinstance(exc, json.JSONDecodeError) and (
+        exc.msg.startswith("Unterminated string") or exc.pos >= len(text) - 6
+    )
+    if (cut or end is None) and not eof:
+        return None, ""
+    end = end or len(text)
+    if isinstance(exc, RecursionError):
+        return end, "nested too deeply to decode"
+    if cut and text[end:].strip() in ("", "]"):
+        return end, "the file ends inside this document (a truncated export?)"
+    return end, unclosed if cut else "invalid"
+
+
+def _whole_object_line(text: str, pos: int) -> bool:
+    """Whether the line starting at ``pos`` looks like one whole document."""
+    end = _line_end(text, pos)
+    line = text[pos:end].strip().removesuffix(",").rstrip()
+    return end is not None and line.startswith("{") and line.endswith("}")
 
 
 def find_table_file(folder: Path, entity: Entity) -> Path:
@@ -471,13 +675,12 @@ def find_table_file(folder: Path, entity: Entity) -> Path:
 
 
 def _line_is_document(line: bytes) -> bool:
+    """Whether a line is one document of the one-document-per-line layout (or its
+    array's bracket): shaped like one whole object. Its text is not judged: one bad
+    document on its own line does not change the layout, and no line of an object
+    spread over lines both starts with its "{" and ends with its "}"."""
     text = line.strip().rstrip(b",").strip()
-    if text in (b"", b"[", b"]"):
-        return True
-    try:
-        return isinstance(jsontext.loads(text), dict)
-    except ValueError:
-        return False
+    return text in (b"", b"[", b"]") or (text.startswith(b"{") and text.endswith(b"}"))
 
 
 class ExportSource:
@@ -674,7 +877,7 @@ class _ExportReader:
                 return None
             lines.append(line)
             at += len(line)
-        values = self._decode_block(b"[" + b"".join(lines).rstrip().rstrip(b",") + b"]")
+        values = self._decode_block(lines)
         if values is None or len(values) != len(lines):
             return None
         self.position, self.done = at, ended

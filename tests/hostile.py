@@ -259,3 +259,48 @@ def document_texts(draw: st.DrawFn, *, key: str | None = None, client: str = "ac
     for name, value in fields.items():
         text += f",{json.dumps(name)}:{value}"
     return text + "}"
+
+
+#: RethinkDB TIME objects as an export writes them, and some no server would write.
+time_objects = st.sampled_from(
+    [
+        '{"$reql_type$":"TIME","epoch_time":1714557600.25,"timezone":"+00:00"}',
+        '{"$reql_type$":"TIME","timezone":"+00:00"}',
+        '{"$reql_type$":"TIME","epoch_time":1e300,"timezone":"+00:00"}',
+        '{"$reql_type$":"TIME","epoch_time":"soon"}',
+        '{"$reql_type$":"GEOMETRY","type":"Point","coordinates":[1,2]}',
+        '{"at":{"$reql_type$":"TIME","epoch_time":5,"timezone":"+00:00"}}',
+    ]
+)
+
+#: Lines of an export that are no document: not JSON, not UTF-8, nested past any
+#: parser's reach, never closed, not an object.
+broken_lines = st.sampled_from(
+    [
+        b'{"id": "broken", oops}',
+        b"not json at all",
+        b'{"id": "bytes-\xff\xfe", "client_id": "acme", "version": 1}',
+        b'{"id": "unclosed", "x": [1, 2',
+        b'{"id": "deep", "client_id": "acme", "version": 1, "x": '
+        + b"[" * 10_000
+        + b"]" * 10_000
+        + b"}",
+        b"[" * 10_000 + b"]" * 10_000,
+        b"42",
+    ]
+)
+
+
+@st.composite
+def export_lines(draw: st.DrawFn, *, key: str | None = None, client: str = "acme") -> bytes:
+    """One line of a RethinkDB export, as bytes: mostly a document (valid or hostile,
+    sometimes with a TIME object in an odd place), sometimes a line that is no
+    document at all."""
+    kind = draw(st.sampled_from(["document", "document", "document", "time", "broken"]))
+    if kind == "broken":
+        return draw(broken_lines)
+    text = draw(document_texts(key=key, client=client))
+    if kind == "time":  # a later duplicate field wins, as in every parser used
+        field = draw(st.sampled_from([*_FIELDS, "version", "extra"]))
+        text = text[:-1] + f",{json.dumps(field)}:{draw(time_objects)}" + "}"
+    return as_bytes(text)

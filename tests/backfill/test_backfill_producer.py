@@ -114,17 +114,37 @@ def test_a_killed_reader_process_loses_nothing(
 def test_a_read_error_in_the_reader_process_is_the_same_error(
     sql_store: SqlStore, orders: Entity, tmp_path: Path
 ) -> None:
-    """A corrupt export fails with the byte offset whether or not a child reads it."""
+    """A corrupt document is the same bad document (at the same byte offset) whether or
+    not a child reads it, and its neighbour is copied; an export that cannot be read at
+    all fails with the same error in both."""
     folder = tmp_path / "export" / orders.rethinkdb_db
     folder.mkdir(parents=True)
-    (folder / "orders.json").write_text(
-        '[\n{"id": "a", "client_id": "c", "version": 1},\n{"id": "b", oops}\n]\n'
-    )
+    path = folder / "orders.json"
+    text = '[\n{"id": "a", "client_id": "c", "version": 1},\n{"id": "b", oops}\n]\n'
     for options in (FAST, IN_CHILD):
+        path.write_text(text)
         job = Backfill(
-            sql_store, ExportSource(tmp_path / "export"), orders, options, progress=quiet
+            sql_store,
+            ExportSource(tmp_path / "export"),
+            orders,
+            replace(options, restart=True),
+            progress=quiet,
         )
-        with pytest.raises(SourceError, match="byte 47"):
+        summary = job.run()
+        assert summary.complete and summary.read == 2 and summary.applied + summary.stale == 1
+        assert [b.ref for b in summary.bad] == ["at:orders.json@47"]
+        assert "not valid JSON" in summary.bad[0].error
+
+    def vanish(title: str, total: int | None, done: int) -> Any:
+        path.unlink(missing_ok=True)  # planned, then gone before its reader opens it
+        return quiet(title, total, done)
+
+    for options in (FAST, IN_CHILD):
+        path.write_text(text + " ")  # another export: a run of its own
+        job = Backfill(
+            sql_store, ExportSource(tmp_path / "export"), orders, options, progress=vanish
+        )
+        with pytest.raises(SourceError, match=r"no export file for orders"):
             job.run()
     assert _wait_gone() == []
 

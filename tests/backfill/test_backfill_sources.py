@@ -1,8 +1,8 @@
 """Reading old documents: the export stream reader and partition planning.
 
 The export reader must give every document exactly once, from any resume offset and
-across any byte-range split, with flat memory; a corrupt file is an error naming the
-byte offset, never a silent stop.
+across any byte-range split, with flat memory; a corrupt document is handed over as
+unreadable at its byte offset (and reading goes on), never a silent stop.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 import backfill.sources as sources
+from backfill.documents import Unreadable
 from backfill.sources import DocStream, ExportSource, RethinkSource, SourceError, write_export
 from cutover.config import Entity
 from stores.rethink import RethinkStore
@@ -150,15 +151,60 @@ def test_a_line_longer_than_the_limit_is_streamed(
     assert [d for d, _ in DocStream(path)] == docs
 
 
-def test_corrupt_json_is_an_error_with_the_offset(tmp_path: Path) -> None:
-    """A truncated or garbled export stops the reader with the byte offset; nothing is
-    silently skipped."""
+def test_corrupt_json_is_one_unreadable_document_at_its_offset(tmp_path: Path) -> None:
+    """A garbled document, one that never closes, or a truncated file's last one is
+    handed over as unreadable at its byte offset, with why; nothing is silently
+    skipped, and the documents after it (on the next lines) are all read."""
     path = _write(tmp_path / "a.json", '[\n{"id": "a"},\n{"id": "b", oops},\n{"id": "c"}\n]\n')
-    with pytest.raises(SourceError, match="byte 15"):
-        list(DocStream(path))
+    got = list(DocStream(path))
+    assert [d for d, _ in got if isinstance(d, dict)] == [{"id": "a"}, {"id": "c"}]
+    ((bad, at),) = [(d, at) for d, at in got if isinstance(d, Unreadable)]
+    assert at == 15 and bad.where == "a.json@15" and "not valid JSON" in bad.reason
+    unclosed = _write(tmp_path / "u.jsonl", '{"id": "a"}\n{"id": "b", "x": [1, 2\n{"id": "c"}\n')
+    got = [d for d, _ in DocStream(unclosed)]
+    assert got[0] == {"id": "a"} and isinstance(got[1], Unreadable) and got[2] == {"id": "c"}
     truncated = _write(tmp_path / "b.json", '[\n{"id": "a"},\n{"id": "b", "x": [1, 2')
-    with pytest.raises(SourceError, match="invalid JSON"):
-        list(DocStream(truncated))
+    got = [d for d, _ in DocStream(truncated)]
+    assert got[0] == {"id": "a"} and len(got) == 2
+    assert isinstance(got[1], Unreadable) and "ends inside this document" in got[1].reason
+
+
+@pytest.mark.parametrize("chunk", [37, 1 << 20])
+def test_each_unreadable_line_is_one_document_and_its_neighbours_are_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, chunk: int
+) -> None:
+    """Lines that are not JSON, not UTF-8, nested 10,000 deep, never closed or not an
+    object, between good documents, read with chunks smaller than a line and larger
+    than the file: every good document comes out once, each bad line once, at its
+    offset (bytes that are not UTF-8 come out as a document with lone surrogates)."""
+    monkeypatch.setattr(sources, "_CHUNK", chunk)
+    good = [
+        json.dumps({"id": f"g{i}", "n": "é" * i}, ensure_ascii=False).encode() for i in range(7)
+    ]
+    bad = [
+        b'{"id": "broken", oops}',
+        b'{"id": "deep", "x": ' + b"[" * 10_000 + b"]" * 10_000 + b"}",
+        b"not json at all",
+        b'{"id": "unclosed", "x": [1, 2',
+        b"[" * 10_000 + b"]" * 10_000,
+    ]
+    lines = [good[0], bad[0], good[1], bad[1], good[2], bad[2], good[3], bad[3], good[4]]
+    lines += [bad[4], good[5], b'{"id": "bytes-\xff"}', good[6]]
+    body, starts = b"[\n", []
+    for line in lines:
+        starts.append(len(body))
+        body += line + b",\n"
+    path = tmp_path / "a.json"
+    path.write_bytes(body.removesuffix(b",\n") + b"\n]\n")
+    got = list(DocStream(path))
+    assert [at for _, at in got] == starts
+    docs = [d for d, _ in got]
+    assert [d for d in docs if isinstance(d, dict) and d["id"].startswith("g")] == [
+        json.loads(g) for g in good
+    ]
+    assert [i for i, d in enumerate(docs) if isinstance(d, Unreadable)] == [1, 3, 5, 7, 9]
+    assert "deep" in docs[3].reason and "deep" in docs[9].reason
+    assert docs[11] == {"id": "bytes-\udcff"}
 
 
 def test_export_times_become_datetimes(tmp_path: Path, orders: Entity) -> None:

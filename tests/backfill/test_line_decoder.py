@@ -11,15 +11,26 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
+from hostile import (
+    any_of,
+    as_bytes,
+    export_lines,
+    json_texts,
+    numbers,
+    scalars,
+    texts,
+    time_objects,
+)
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from backfill.line_decoder import block_decoder, line_decoder
 from backfill.sources import native
-from cutover.config import Column, ColumnType, Config, Entity
+from cutover.config import Column, ColumnType, Config, Entity, load_config
 from stores import jsontext
 from stores.mapping import MappingError, Row, row_from_document
 
@@ -160,7 +171,7 @@ def test_a_block_maps_exactly_as_its_lines_or_not_at_all(
     assert DECODE is not None and DECODE_BLOCK is not None
     lines = [json.dumps(doc, ensure_ascii=ascii_only).encode() for doc in docs]
     rows = [DECODE(line) for line in lines]
-    block = DECODE_BLOCK(b"[" + b",\n".join(lines) + b"]")
+    block = DECODE_BLOCK([line + b",\n" for line in lines])
     if any(row is None for row in rows):
         assert block is None
     else:
@@ -240,3 +251,98 @@ def test_entities_msgspec_cannot_declare_have_no_fast_path() -> None:
         }
     )
     assert line_decoder(twice) is None
+
+
+# -- the hostile space (tests/hostile.py): the fast path never takes what the limits refuse --
+ORDERS = load_config(Path(__file__).resolve().parents[2] / "cutover.toml").entity("orders")
+DECODE_ORDERS = line_decoder(ORDERS)
+DECODE_ORDERS_BLOCK = block_decoder(ORDERS)
+
+
+@st.composite
+def _hostile_things(draw: st.DrawFn) -> bytes:
+    """A document of every column type with hostile values in any field."""
+    fields = {
+        "id": draw(any_of(st.just('"k"'), texts.map(json.dumps))),
+        "client_id": '"c"',
+        "version": draw(any_of(st.integers(0, 9), numbers).map(json.dumps)),
+        "label": draw(any_of(st.just('"abc"'), texts.map(json.dumps))),
+        "body": draw(any_of(st.just('"b"'), texts.map(json.dumps))),
+        "count": draw(any_of(st.just("1"), numbers.map(json.dumps))),
+        "amount": draw(any_of(st.just("2.5"), numbers.map(json.dumps))),
+        "at": draw(any_of(st.just('"2024-04-01T21:52:03Z"'), time_objects)),
+        "doc": draw(json_texts()),
+    }
+    for name in draw(st.lists(st.sampled_from(sorted(fields)), max_size=2, unique=True)):
+        fields[name] = draw(any_of(json_texts(), time_objects, scalars.map(json.dumps)))
+    return as_bytes("{" + ",".join(f'"{k}":{v}' for k, v in fields.items()) + "}")
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(text=_hostile_things())
+def test_hostile_documents_map_as_the_reference_or_are_declined(text: bytes) -> None:
+    """Deep nesting (to 10,000 levels), lone surrogates, NUL, integers past 2**53,
+    arrays, TIME objects anywhere: whatever the fast path maps, the reference maps to
+    the same row; whatever the reference refuses (the contract's limits included), the
+    fast path declines. Neither raises."""
+    assert DECODE is not None
+    fast = DECODE(text)
+    if fast is not None:
+        assert fast == reference(THINGS, text), text[:300]
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(lines=st.lists(export_lines(), min_size=1, max_size=6))
+def test_hostile_export_lines_map_as_the_reference_or_are_declined(lines: list[bytes]) -> None:
+    """The same over exported orders documents (tests/hostile.py, the space the subscription
+    worker's tests use too), line by line and as a block: a block is taken only when
+    every one of its lines is, with the very values the lines give."""
+    assert DECODE_ORDERS is not None and DECODE_ORDERS_BLOCK is not None
+    rows = [DECODE_ORDERS(line) for line in lines]
+    for line, row in zip(lines, rows, strict=True):
+        if row is not None:
+            assert row == reference(ORDERS, line), line[:300]
+    block = DECODE_ORDERS_BLOCK([line + b",\n" for line in lines])
+    if any(row is None for row in rows):
+        assert block is None
+    else:
+        assert block == [
+            [r.key, r.client_id, r.version, r.deleted, *r.values.values()]
+            for r in rows
+            if r is not None
+        ]
+
+
+@pytest.mark.parametrize(
+    "doc",
+    [
+        '"doc": ' + "[" * 16 + "]" * 16,  # 16 levels: within the limit
+        '"doc": [' + ",".join(["{}"] * 40) + "]",  # many brackets, shallow: walked, taken
+        '"doc": [0.12345678901234567, 12345678901234567.5]',  # long digit runs in floats
+        '"doc": ' + "[" * 17 + "]" * 17,
+        '"doc": ' + "[" * 10_000 + "]" * 10_000,
+        '"doc": 9007199254740992',
+        '"doc": 9007199254740993',
+        '"doc": [-9007199254740993]',
+        '"doc": {"a": "x\\u0000y"}',
+        '"doc": {"a\\u0000": 1}',
+        '"body": "x\\u0000y"',
+        '"doc": "\\ud800"',
+        '"doc": [' + ",".join(["1"] * 100_001) + "]",
+        '"doc": [' + ",".join(["1"] * 100_000) + "]",
+        '"count": 9007199254740993',
+        '"version": 9007199254740993',
+        '"id": "' + "k" * 256 + '"',
+        '"extra": ' + "[" * 10_000 + "]" * 10_000,
+    ],
+)
+def test_the_fast_path_at_the_limits(doc: str) -> None:
+    """Each limit on both sides of its edge: the fast path maps exactly as the
+    reference, or declines; a document the reference refuses is never taken."""
+    assert DECODE is not None
+    text = ('{"id": "k", "client_id": "c", "version": 1, "count": 1, ' + doc + "}").encode()
+    fast = DECODE(text)
+    ref = reference(THINGS, text)
+    assert fast is None or fast == ref
+    if isinstance(ref, Row) and "[" * 17 not in doc and "u0000" not in doc:
+        assert fast is not None, "within the limits: the fast path should take it"
