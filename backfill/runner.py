@@ -24,7 +24,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from contextlib import suppress
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
 import pyodbc
@@ -58,6 +58,7 @@ from .producer import (
     producer_for,
 )
 from .progress import Progress
+from .refusals import refused_for_data, split_refused
 from .sources import Source, SourceError
 from .tables import BAD_DOCS
 
@@ -432,9 +433,37 @@ class Backfill:
         the same transaction: when set, the batch rolls back (raising :class:`_Paused`)
         and is read again on resume, so a pause takes effect at once however many
         batches are in flight.
+
+        When the store refuses some of the rows for their data, those rows are found
+        (``refusals.py``) and the batch commits without them, each recorded as a bad
+        document; a store failure is raised as it is.
         """
-        d = self.sql.dialect
         turn.wait_to_write()
+        try:
+            self._commit_once(leases, part, ready, turn)
+        except Exception as exc:
+            if not refused_for_data(exc):
+                raise
+            without = self._without_refused(ready)
+            if without is None:
+                raise
+            self._commit_once(leases, part, without, turn)
+
+    def _without_refused(self, ready: ReadyBatch) -> ReadyBatch | None:
+        """``ready`` without the rows the store refuses (bad documents instead); None
+        when it refuses none of them on their own (the refusal was not theirs)."""
+        rows, refused = split_refused(self.sql, self.entity, ready.rows)
+        if not refused:
+            return None
+        counts = dict(ready.counts)
+        for b in refused:
+            if b.client in counts:
+                counts[b.client] -= 1
+        counts = {c: n for c, n in counts.items() if n}
+        return replace(ready, rows=rows, bad=[*ready.bad, *refused], counts=counts)
+
+    def _commit_once(self, leases: Leases, part: Partition, ready: ReadyBatch, turn: Turn) -> None:
+        d = self.sql.dialect
         with self.sql.transaction() as cur:
             result = self.sql.apply(self.entity, ready.rows, cursor=cur)
             turn.rows_written()

@@ -43,7 +43,10 @@ from stores.sql import SqlStore, bookkeeping
 from stores.sql.schema import DELETED
 
 from . import ledger
+from .documents import Unreadable, key_of, storable
 from .progress import Progress
+from .refusals import reason as refusal_reason
+from .refusals import refused_for_data, split_refused
 from .sources import Source, SourceError
 from .tables import VERIFICATIONS
 
@@ -185,12 +188,15 @@ class BadOld:
 
 
 def map_old(entity: Entity, doc: Any) -> Row | BadOld:
-    """The old document's row, or why it cannot be mapped."""
+    """The old document's row, or why it cannot be mapped (the mapping's limits apply
+    here as in the backfill, so a repair never writes what a backfill would refuse)."""
+    if isinstance(doc, Unreadable):
+        return BadOld(f"{doc.reason} (at {doc.where})", "")
     if not isinstance(doc, dict):
         return BadOld(f"not a JSON object ({type(doc).__name__})", "")
     try:
         return row_from_document(entity, doc)
-    except MappingError as exc:
+    except (MappingError, RecursionError, TypeError, ValueError) as exc:
         client = doc.get(entity.client)
         return BadOld(str(exc), client if isinstance(client, str) else "")
 
@@ -267,9 +273,10 @@ def merge(
     def next_old() -> tuple[str, Row | BadOld] | None:
         nonlocal last_old
         for doc in old_it:
-            k = doc.get(key_field) if isinstance(doc, dict) else None
+            k = key_of(doc, key_field)
             if not isinstance(k, str):
-                strays.append((json.dumps(k, default=str), map_old(entity, doc)))
+                where = doc.where if isinstance(doc, Unreadable) and k is None else None
+                strays.append((where or json.dumps(k, default=str), map_old(entity, doc)))
                 continue
             if last_old is not None and k <= last_old:
                 raise SourceError(f"old store scan of {entity.name} not in key order at {k!r}")
@@ -521,16 +528,17 @@ class Verifier:
     # -- by key: re-checks, samples, repair ------------------------------------------------------
     def _compare_keys(self, keys: Sequence[str], client_hint: str = "") -> dict[str, Difference]:
         """Read these keys from both stores now and classify them."""
-        if not keys:
-            return {}
-        entity = self.entity
-        olds: dict[str, Row | BadOld] = {}
-        for doc in self.old.get_many(entity, list(keys)):
-            k = doc.get(entity.key) if isinstance(doc, dict) else None
-            if isinstance(k, str):
-                olds[k] = map_old(entity, doc)
-        news = {row.key: row for row in self.sql.get_many(entity, list(keys))}
         out: dict[str, Difference] = {}
+        for key in keys:  # a key no store can keep cannot be asked for in the SQL store
+            if storable(key) != key:
+                detail = "the key is not text every store can keep (a NUL or a lone surrogate)"
+                out[key] = Difference(key, client_hint, BAD, detail=detail)
+        keys = [k for k in keys if k not in out]
+        if not keys:
+            return out
+        entity = self.entity
+        olds = self._old_rows(keys)
+        news = {row.key: row for row in self.sql.get_many(entity, list(keys))}
         for key in keys:
             diff = classify(entity, key, olds.get(key), news.get(key), client_hint)
             if diff is not None:
@@ -560,15 +568,24 @@ class Verifier:
         confirmed.update(bad_keys)
         return confirmed
 
+    def _old_rows(self, keys: Sequence[str]) -> dict[str, Row | BadOld]:
+        """The old store's documents by key, each mapped (or why not)."""
+        olds: dict[str, Row | BadOld] = {}
+        for doc in self.old.get_many(self.entity, list(keys)):
+            k = key_of(doc, self.entity.key)
+            if isinstance(k, str):
+                olds[k] = map_old(self.entity, doc)
+        return olds
+
     def _repair(self, diffs: dict[str, Difference]) -> None:
-        """Re-copy differing keys from the old store by the version rules; re-verify."""
+        """Re-copy differing keys from the old store by the version rules; re-verify.
+
+        Only rows the mapping takes are written; a row the SQL store refuses for its
+        data is left out (its difference says why) and the other repairs are made.
+        """
         entity = self.entity
         keys = [k for k, d in diffs.items() if d.kind != BAD]
-        olds: dict[str, Row | BadOld] = {}
-        for doc in self.old.get_many(entity, keys):
-            k = doc.get(entity.key) if isinstance(doc, dict) else None
-            if isinstance(k, str):
-                olds[k] = map_old(entity, doc)
+        olds = self._old_rows(keys)
         news = {row.key: row for row in self.sql.get_many(entity, keys)}
         to_apply: list[Row] = []
         for key, diff in diffs.items():
@@ -583,11 +600,13 @@ class Verifier:
                 diff.repaired = False
                 diff.repair_note = "the new store is newer: the old store lags (legacy sink?)"
             elif new is not None and new.rank == old.rank:
-                self._replace_same_version(old, new)
+                refusal = self._replace_same_version(old, new)
+                if refusal is not None:
+                    diff.repaired, diff.repair_note = False, refusal
             else:
                 to_apply.append(old)
-        if to_apply:
-            self.sql.apply(entity, to_apply)
+        for key, refusal in self._apply_repairs(to_apply).items():
+            diffs[key].repaired, diffs[key].repair_note = False, refusal
         attempted = [k for k, d in diffs.items() if d.repaired is None]
         still = self._compare_keys(attempted)
         for key in attempted:
@@ -595,23 +614,45 @@ class Verifier:
             if key in still:
                 diffs[key].repair_note = f"still differs after repair ({still[key].kind})"
 
-    def _replace_same_version(self, old: Row, new: Row) -> None:
+    def _apply_repairs(self, rows: list[Row]) -> dict[str, str]:
+        """Write ``rows`` by the version rules; the keys the store refused, and why."""
+        if not rows:
+            return {}
+        prepared = self.sql.prepare(self.entity, rows)
+        try:
+            self.sql.apply(self.entity, prepared)
+            return {}
+        except Exception as exc:
+            if not refused_for_data(exc):
+                raise
+        taken, refused = split_refused(self.sql, self.entity, prepared)
+        self.sql.apply(self.entity, taken)
+        return {b.key: b.error for b in refused if b.key is not None}
+
+    def _replace_same_version(self, old: Row, new: Row) -> str | None:
         """Same version, different values: the version rules cannot choose, so replace.
 
         Compare-and-set: the stored row is removed only if it is still exactly the
         version seen, then the old store's row goes through ``SqlStore.apply`` in the
         same transaction. A concurrent newer write waits on the row lock and wins.
+        Returns why the store refused the row (then nothing changed), or None.
         """
         d = self.sql.dialect
         q = d.quote
         table = self.sql.table(self.entity).name
-        with self.sql.transaction() as cur:
-            cur.execute(
-                f"DELETE FROM {q(table)} WHERE {q(self.entity.key)} = ? AND "
-                f"{q(self.entity.version)} = ? AND {q(DELETED)} = ?",
-                [new.key, d.to_db("int", new.version), d.to_db("bool", new.deleted)],
-            )
-            self.sql.apply(self.entity, [old], cursor=cur)
+        try:
+            with self.sql.transaction() as cur:
+                cur.execute(
+                    f"DELETE FROM {q(table)} WHERE {q(self.entity.key)} = ? AND "
+                    f"{q(self.entity.version)} = ? AND {q(DELETED)} = ?",
+                    [new.key, d.to_db("int", new.version), d.to_db("bool", new.deleted)],
+                )
+                self.sql.apply(self.entity, [old], cursor=cur)
+        except Exception as exc:
+            if not refused_for_data(exc):
+                raise
+            return refusal_reason(exc)
+        return None
 
     # -- ledger ------------------------------------------------------------------------------
     def record(self, report: Report, report_path: str | None = None) -> None:
