@@ -104,7 +104,7 @@ class Summary:
     partitions: int = 0
     partitions_done: int = 0
     read: int = 0  # documents read from the old store (whole run)
-    applied: int = 0  # rows that changed the SQL store
+    applied: int = 0  # rows that changed the SQL store (a dry run: rows it would write)
     stale: int = 0  # rows the SQL store already had at the same or a newer version
     bad: list[BadDoc] = field(default_factory=list)
     session_rows: int = 0
@@ -127,7 +127,10 @@ class Summary:
             f"backfill {self.entity}{mode}: {state}",
             f"  run {self.run_id}, source {json.dumps(self.source)}",
             f"  partitions {self.partitions_done}/{self.partitions} done",
-            f"  documents read {self.read:,}; rows applied {self.applied:,}; "
+            f"  documents read {self.read:,}; rows to write {self.applied:,}; "
+            f"bad documents {len(self.bad):,}"
+            if self.dry_run
+            else f"  documents read {self.read:,}; rows applied {self.applied:,}; "
             f"already newer in SQL {self.stale:,}; bad documents {len(self.bad):,}",
             f"  this session: {self.session_rows:,} documents in {self.seconds:,.1f} s "
             f"({rate:,.0f}/s)",
@@ -541,7 +544,14 @@ class Backfill:
 
     # -- dry run --------------------------------------------------------------------------
     def dry_run(self) -> Summary:
-        """Read and map everything, write nothing: counts and bad documents up front."""
+        """Read, map and prepare everything as :meth:`run` would, write nothing.
+
+        The batches come from the same producer as a run's (document by document, a
+        block at a time, in a reader process for a large copy), so a dry run counts
+        and reports every document, bad ones included, exactly as a run would. Only
+        what the store itself would refuse at write time (``refusals.py``) it cannot
+        know.
+        """
         started = time.monotonic()
         plan = self.source.plan(
             self.entity,
@@ -558,34 +568,51 @@ class Backfill:
             dry_run=True,
             partitions=len(plan),
         )
-        progress = self._progress_factory(
-            f"dry run {self.entity.name}", sum(p.est_rows for p in plan) or None, 0
-        )
+        total = sum(p.est_rows for p in plan)
+        processes = self.opt.processes
+        if processes is None:
+            processes = total >= PROCESS_THRESHOLD
+        progress = self._progress_factory(f"dry run {self.entity.name}", total or None, 0)
+        producer: Producer | None = None
         try:
-            for planned in plan:
-                reader = self.source.open(self.entity, planned.spec, None, clients)
-                try:
-                    while not self._stop.is_set():
-                        batch = reader.next_batch(self.opt.batch)
-                        rows, bad, _, _ = map_documents(self.entity, batch.docs, batch.locate)
-                        read = len(batch.docs) + batch.skipped
-                        summary.read += read
-                        summary.applied += len(rows)
-                        summary.bad.extend(bad)
-                        summary.session_rows += read
-                        progress.advance(read)
-                        if batch.exhausted:
-                            summary.partitions_done += 1
-                            break
-                        self.throttle.wait(read)
-                finally:
-                    reader.close()
+            producer = producer_for(
+                self.source,
+                self.sql.encoder(self.entity),
+                self.opt.batch,
+                in_process=not processes,
+                warm_up=self.opt.reader_warm_up,
+                name="cutover-backfill-dry-run-reader",
+            )
+            with long_lived_heap_frozen():
+                for planned in plan:
+                    if self._stop.is_set():
+                        break
+                    producer.open(planned.spec, None, clients)
+                    self._dry_partition(producer, summary, progress)
         finally:
+            if producer is not None:
+                producer.close()
             progress.close()
         summary.seconds = time.monotonic() - started
         summary.complete = summary.partitions_done == summary.partitions
         summary.stopped = self._stop.is_set()
         return summary
+
+    def _dry_partition(self, producer: Producer, summary: Summary, progress: Progress) -> None:
+        """Every batch of the partition ``producer`` has open, counted into ``summary``."""
+        while not self._stop.is_set():
+            ready = producer.take()
+            if not ready.exhausted:
+                producer.request()
+            summary.read += ready.read
+            summary.applied += ready.rows.received
+            summary.bad.extend(ready.bad)
+            summary.session_rows += ready.read
+            progress.advance(ready.read)
+            if ready.exhausted:
+                summary.partitions_done += 1
+                return
+            self.throttle.wait(ready.read)
 
 
 class _Paused(Exception):
