@@ -188,6 +188,7 @@ _AREAS: list[tuple[str, list[str]]] = [
     ("backfill.cli", ["backfill", "verify"]),
     ("backfill.jobs_cli", ["jobs"]),
     ("flags.cli", ["flags"]),
+    ("flags.rollout_cli", ["rollout"]),
     ("app.cli", ["serve"]),
     ("cutover.demo", ["demo"]),
 ]

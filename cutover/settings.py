@@ -100,6 +100,37 @@ class Settings(BaseSettings):
         7 * 86400, ge=60, description="How far back shadow evidence counts (whole buckets)."
     )
 
+    # Rollout guardrails and the plan's lease (flags.rollout; README: "Rollout").
+    rollout_max_mismatch_rate: float = Field(
+        0.001,
+        ge=0.0,
+        le=1.0,
+        description="A wave rolls back when its clients' shadow mismatch rate exceeds this.",
+    )
+    rollout_min_comparisons: int = Field(
+        1, ge=1, description="Comparisons of a wave's clients before its mismatch rate counts."
+    )
+    rollout_max_error_rate: float = Field(
+        0.01,
+        ge=0.0,
+        le=1.0,
+        description="A wave rolls back when the 5xx share of its clients' responses exceeds this.",
+    )
+    rollout_min_responses: int = Field(
+        100, ge=1, description="Responses to a wave's clients before its 5xx rate counts."
+    )
+    rollout_tick_s: float = Field(
+        10.0,
+        gt=0.0,
+        le=300.0,
+        description="How often a running plan evaluates its guardrails and renews its lease.",
+    )
+    rollout_lease_ttl_s: float = Field(
+        60.0,
+        ge=1.0,
+        description="A `rollout run` that dies is taken over this long after its last renewal.",
+    )
+
     # Reads and shadow comparison (the read service).
     shadow_sample_rate: float = Field(
         1.0,

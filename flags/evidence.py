@@ -23,6 +23,12 @@ counts therefore live in the SQL store (``cutover_shadow_evidence``, declared in
   Buckets older than twice the gate's window are deleted by the flushers (hourly).
 - **Many clients.** :func:`shadow_verdict` answers for any number of clients with one
   grouped query (``GROUP BY client_id``).
+- **Read outcomes.** The same mechanism counts the read API's responses per client at
+  the stages a rollout moves clients through (``cutover_read_outcomes``: served, and
+  how many were server errors): an :class:`OutcomeBuffer`, fed one response at a time
+  (:meth:`OutcomeBuffer.served`, see :mod:`flags.rollout_outcomes`), flushed and
+  pruned like the evidence; :func:`outcomes_per_client` sums a window. The rollout's
+  guardrails (:mod:`flags.rollout`) read both.
 """
 
 from __future__ import annotations
@@ -33,13 +39,13 @@ import weakref
 from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import astuple, dataclass
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Generic, Self, TypeVar
 
 from cutover.clock import now_utc
 from stores import jsontext
-from stores.sql import SqlStore, bookkeeping
+from stores.sql import SqlStore, Table, bookkeeping
 
-from .tables import EVIDENCE
+from .tables import EVIDENCE, OUTCOMES
 
 if TYPE_CHECKING:
     from cutover.settings import Settings
@@ -47,6 +53,10 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 COUNTERS = ("comparisons", "mismatches", "mismatched_items", "errors")
+OUTCOME_COUNTERS = ("served", "server_errors")
+#: The stages whose responses are counted as outcomes (``old`` is what a rollout
+#: starts from and goes back to: its reads are not the rollout's doing).
+OUTCOME_STAGES = ("shadow", "new")
 _KEYS = ("entity", "client_id", "stage", "bucket_start")
 #: Client ids looked up by an ``IN`` list; more are read with the entity's whole window
 #: (one query either way; SQL Server takes at most 2,100 parameters per statement).
@@ -58,8 +68,19 @@ PRUNE_EVERY = timedelta(hours=1)
 Key = tuple[str, str, str, datetime]
 
 
+class _Summed:
+    """A dataclass of integer counters that ``+`` adds field by field."""
+
+    def as_tuple(self) -> tuple[int, ...]:
+        return tuple(astuple(self))  # type: ignore[call-overload]
+
+    def __add__(self, other: Self) -> Self:
+        pairs = zip(self.as_tuple(), other.as_tuple(), strict=True)
+        return type(self)(*(a + b for a, b in pairs))
+
+
 @dataclass(frozen=True)
-class Counts:
+class Counts(_Summed):
     """Comparison outcomes; ``+`` adds them."""
 
     comparisons: int = 0
@@ -67,13 +88,26 @@ class Counts:
     mismatched_items: int = 0
     errors: int = 0
 
-    def __add__(self, other: Counts) -> Counts:
-        return Counts(*(a + b for a, b in zip(astuple(self), astuple(other), strict=True)))
-
     @property
     def rate(self) -> float | None:
         """Share of comparisons that mismatched; None before any comparison."""
         return self.mismatches / self.comparisons if self.comparisons else None
+
+
+@dataclass(frozen=True)
+class Outcomes(_Summed):
+    """The read API's responses to one client: served, and how many were 5xx."""
+
+    served: int = 0
+    server_errors: int = 0
+
+    @property
+    def rate(self) -> float | None:
+        """Share of responses that were server errors; None before any response."""
+        return self.server_errors / self.served if self.served else None
+
+
+C = TypeVar("C", bound=_Summed)
 
 
 def bucket_start(at: datetime, bucket_s: int) -> datetime:
@@ -93,10 +127,10 @@ _READY: weakref.WeakSet[SqlStore] = weakref.WeakSet()
 
 
 def ensure_table(store: SqlStore) -> None:
-    """Create the evidence table once per store object (API processes do not run
-    ``cutover db init``; ``ensure_schema`` is idempotent)."""
+    """Create the evidence and outcome tables once per store object (API processes do
+    not run ``cutover db init``; ``ensure_schema`` is idempotent)."""
     if store not in _READY:
-        store.ensure_schema([EVIDENCE])
+        store.ensure_schema([EVIDENCE, OUTCOMES])
         _READY.add(store)
 
 
@@ -106,19 +140,30 @@ def add_counts(store: SqlStore, counts: Mapping[Key, Counts]) -> int:
     One statement per ``max_rows`` keys, keys in sorted order (see
     :meth:`~stores.sql.Dialect.increment_upsert`).
     """
-    rows = [(k, c) for k, c in sorted(counts.items()) if c != Counts()]
+    return _add_rows(store, EVIDENCE, COUNTERS, counts, Counts())
+
+
+def add_outcomes(store: SqlStore, outcomes: Mapping[Key, Outcomes]) -> int:
+    """Add read outcomes to the stored rows, exactly as :func:`add_counts` does."""
+    return _add_rows(store, OUTCOMES, OUTCOME_COUNTERS, outcomes, Outcomes())
+
+
+def _add_rows(
+    store: SqlStore, table: Table, counters: tuple[str, ...], counts: Mapping[Key, C], zero: C
+) -> int:
+    rows: list[tuple[Key, C]] = [(k, counts[k]) for k in sorted(counts) if counts[k] != zero]
     if not rows:
         return 0
     ensure_table(store)
     d = store.dialect
     sql = d.increment_upsert(
-        EVIDENCE.name,
-        [(name, EVIDENCE.col(name).kind) for name in _KEYS],
-        list(COUNTERS),
+        table.name,
+        [(name, table.col(name).kind) for name in _KEYS],
+        list(counters),
         stamp="updated_at",
     )
     convert = d.json_converter("datetime") or (lambda v: v)
-    batch = [[*key[:3], convert(key[3]), *astuple(c)] for key, c in rows]
+    batch = [[*k[:3], convert(k[3]), *value.as_tuple()] for k, value in rows]
     written_at = d.to_db("datetime", now_utc())
     with store.transaction() as cur:
         for start in range(0, len(batch), d.max_rows):
@@ -128,12 +173,12 @@ def add_counts(store: SqlStore, counts: Mapping[Key, Counts]) -> int:
 
 
 def _window(
-    store: SqlStore, since: datetime, stages: Collection[str] | None
+    store: SqlStore, since: datetime, stages: Collection[str] | None, table: Table = EVIDENCE
 ) -> tuple[list[str], list[Any]]:
     d = store.dialect
     extra, params = [f"{d.quote('bucket_start')} >= ?"], [d.to_db("datetime", since)]
     if stages is not None:
-        cond, values = bookkeeping.in_list(d, EVIDENCE, "stage", sorted(stages))
+        cond, values = bookkeeping.in_list(d, table, "stage", sorted(stages))
         extra.append(cond)
         params += values
     return extra, params
@@ -152,26 +197,52 @@ def per_client(
     One query: ``client_ids`` up to :data:`IN_LIST_MAX` go into an ``IN`` list, more
     read the entity's whole window and keep the ones asked for.
     """
+    sums = _per_client(store, EVIDENCE, COUNTERS, entity, since, client_ids, stages)
+    return {client: Counts(*values) for client, values in sums.items()}
+
+
+def outcomes_per_client(
+    store: SqlStore,
+    entity: str,
+    *,
+    since: datetime,
+    client_ids: Collection[str] | None = None,
+    stages: Collection[str] | None = None,
+) -> dict[str, Outcomes]:
+    """Each client's read outcomes from bucket ``since`` on, as :func:`per_client`."""
+    sums = _per_client(store, OUTCOMES, OUTCOME_COUNTERS, entity, since, client_ids, stages)
+    return {client: Outcomes(*values) for client, values in sums.items()}
+
+
+def _per_client(
+    store: SqlStore,
+    table: Table,
+    counters: tuple[str, ...],
+    entity: str,
+    since: datetime,
+    client_ids: Collection[str] | None,
+    stages: Collection[str] | None,
+) -> dict[str, tuple[int, ...]]:
     ensure_table(store)
-    extra, params = _window(store, since, stages)
+    extra, params = _window(store, since, stages, table)
     wanted = None if client_ids is None else set(client_ids)
     if wanted is not None and len(wanted) <= IN_LIST_MAX:
-        cond, values = bookkeeping.in_list(store.dialect, EVIDENCE, "client_id", sorted(wanted))
+        cond, values = bookkeeping.in_list(store.dialect, table, "client_id", sorted(wanted))
         extra.append(cond)
         params += values
     with store.transaction() as cur:
         sums = bookkeeping.sum_by(
             cur,
             store.dialect,
-            EVIDENCE,
+            table,
             ("client_id",),
-            COUNTERS,
+            counters,
             {"entity": entity},
             extra=" AND ".join(extra),
             extra_params=params,
         )
     return {
-        str(client): Counts(*values)
+        str(client): values
         for (client,), values in sums.items()
         if wanted is None or client in wanted
     }
@@ -197,7 +268,7 @@ def totals(
     return Counts(*sums.get((), ()))
 
 
-def prune(store: SqlStore, *, before: datetime) -> int:
+def prune(store: SqlStore, *, before: datetime, table: Table = EVIDENCE) -> int:
     """Delete buckets that start before ``before``; returns the rows deleted."""
     ensure_table(store)
     d = store.dialect
@@ -205,7 +276,7 @@ def prune(store: SqlStore, *, before: datetime) -> int:
         return bookkeeping.delete(
             cur,
             d,
-            EVIDENCE,
+            table,
             {},
             extra=f"{d.quote('bucket_start')} < ?",
             extra_params=[d.to_db("datetime", before)],
@@ -213,13 +284,16 @@ def prune(store: SqlStore, *, before: datetime) -> int:
 
 
 # -- counting in memory, flushing in the background -----------------------------------------
-class EvidenceBuffer:
+class _Buffer(Generic[C]):
     """Counts added in memory by any thread, flushed to the store in the background.
 
     :meth:`count` never touches the store (a lock and a dict update), so it is safe on
     the comparer's threads. :meth:`start` runs a flusher thread every ``flush_s``;
-    :meth:`stop` ends it and flushes what is left.
+    :meth:`stop` ends it and flushes what is left. A subclass says which table the
+    counts go to (:attr:`table`, :meth:`_write`).
     """
+
+    table: Table = EVIDENCE
 
     def __init__(
         self,
@@ -235,7 +309,7 @@ class EvidenceBuffer:
         self._flush_s = flush_s
         self._retention = timedelta(seconds=retention_s)
         self._clock = clock
-        self._pending: dict[Key, Counts] = {}
+        self._pending: dict[Key, C] = {}
         self._lock = threading.Lock()
         self._flushing = threading.Lock()
         self._stopped = threading.Event()
@@ -243,7 +317,7 @@ class EvidenceBuffer:
         self._pruned_at: datetime | None = None
 
     @classmethod
-    def from_settings(cls, store: SqlStore, settings: Settings) -> EvidenceBuffer:
+    def from_settings(cls, store: SqlStore, settings: Settings) -> Self:
         return cls(
             store,
             bucket_s=settings.shadow_evidence_bucket_s,
@@ -256,7 +330,7 @@ class EvidenceBuffer:
         entity: str,
         client_id: str,
         stage: str,
-        counts: Counts,
+        counts: C,
         *,
         at: datetime | None = None,
     ) -> None:
@@ -266,7 +340,7 @@ class EvidenceBuffer:
             held = self._pending.get(key)
             self._pending[key] = counts if held is None else held + counts
 
-    def pending(self) -> dict[Key, Counts]:
+    def pending(self) -> dict[Key, C]:
         """The counts not yet written (a copy)."""
         with self._lock:
             return dict(self._pending)
@@ -278,12 +352,15 @@ class EvidenceBuffer:
             with self._lock:
                 batch, self._pending = self._pending, {}
             try:
-                return add_counts(self._store, batch)
+                return self._write(batch)
             except BaseException:
                 self._restore(batch.items())
                 raise
 
-    def _restore(self, items: Iterable[tuple[Key, Counts]]) -> None:
+    def _write(self, batch: Mapping[Key, C]) -> int:
+        raise NotImplementedError
+
+    def _restore(self, items: Iterable[tuple[Key, C]]) -> None:
         with self._lock:
             for key, counts in items:
                 held = self._pending.get(key)
@@ -316,7 +393,7 @@ class EvidenceBuffer:
             return True
         except Exception as exc:
             kept = len(self.pending())
-            log.warning("shadow evidence not written yet (%d keys kept): %s", kept, exc)
+            log.warning("%s not written yet (%d keys kept): %s", self.table.name, kept, exc)
             return False
 
     def _prune_quietly(self) -> None:
@@ -325,9 +402,35 @@ class EvidenceBuffer:
             return
         self._pruned_at = now
         try:
-            prune(self._store, before=bucket_start(now - self._retention, self._bucket_s))
+            before = bucket_start(now - self._retention, self._bucket_s)
+            prune(self._store, before=before, table=self.table)
         except Exception as exc:
-            log.warning("old shadow evidence not pruned: %s", exc)
+            log.warning("old counts in %s not pruned: %s", self.table.name, exc)
+
+
+class EvidenceBuffer(_Buffer[Counts]):
+    """Shadow comparison counts, buffered and flushed (see :class:`_Buffer`)."""
+
+    table = EVIDENCE
+
+    def _write(self, batch: Mapping[Key, Counts]) -> int:
+        return add_counts(self._store, batch)
+
+
+class OutcomeBuffer(_Buffer[Outcomes]):
+    """The read API's responses per client, buffered and flushed (see :class:`_Buffer`)."""
+
+    table = OUTCOMES
+
+    def _write(self, batch: Mapping[Key, Outcomes]) -> int:
+        return add_outcomes(self._store, batch)
+
+    def served(self, entity: str, client_id: str, stage: str, status: int) -> None:
+        """Count one response to ``client_id`` served at ``stage`` with HTTP ``status``
+        (5xx: a server error). Responses at stages outside :data:`OUTCOME_STAGES` are
+        not counted. Never touches the store (safe on the event loop)."""
+        if stage in OUTCOME_STAGES:
+            self.count(entity, client_id, stage, Outcomes(1, int(status >= 500)))
 
 
 # -- the gate's question ----------------------------------------------------------------------

@@ -561,7 +561,8 @@ class FlagService:
     ) -> list[Change]:
         """Every client of the entity back to ``old`` at once (lists, cohorts and
         exceptions cleared); one audit row per known client that moved, one cohort
-        step per cohort. With the stores down, only listed clients get a row."""
+        step per cohort. With the stores down, only listed clients get a row. A rollout
+        plan of the entity that has not ended is stopped (:mod:`flags.rollout`)."""
         name = self._entity(entity)
         flags = self.backend.read(name)
         try:
@@ -600,6 +601,10 @@ class FlagService:
             if flags.flag(stage).rule.percent > 0
         ]
         self._record(changes, steps)
+        from .rollout_state import stop_for_kill  # the plan ends too (a run stops at once)
+
+        with contextlib.suppress(StoreUnavailable):  # then the run sees the flags changed
+            stop_for_kill(self.runtime.sql, name, who, why)
         return changes
 
     def _record(self, changes: list[Change], steps: list[CohortStep] | None = None) -> bool:

@@ -1,5 +1,6 @@
-"""The flags area's bookkeeping tables: stage-change audit, shadow mismatches and
-shadow evidence (comparison counts per client and time bucket).
+"""The flags area's bookkeeping tables: stage-change audit, shadow mismatches,
+shadow evidence (comparison counts per client and time bucket), the read API's
+outcomes per client (responses and 5xx) and the rollout plans with their events.
 
 All live in the SQL store next to the entity tables, so the audit survives the
 migration and the console reads mismatches with the same connection as everything else.
@@ -101,4 +102,78 @@ EVIDENCE = Table(
     (("ix_cutover_shadow_evidence_time", ("bucket_start",)),),
 )
 
-TABLES = (AUDIT, COHORT_STEPS, MISMATCHES, EVIDENCE)
+#: The read API's responses per entity, client, stage and time bucket, at the stages
+#: a rollout moves clients through (shadow, new): how many were served and how many of
+#: them were server errors (5xx). Added to like EVIDENCE (:mod:`flags.evidence`).
+OUTCOMES = Table(
+    "cutover_read_outcomes",
+    (
+        Col("entity", "key", 128, nullable=False),
+        Col("client_id", "key", 255, nullable=False),
+        Col("stage", "key", 16, nullable=False),
+        Col("bucket_start", "datetime", nullable=False),
+        Col("served", "int", nullable=False),
+        Col("server_errors", "int", nullable=False),
+        Col("updated_at", "datetime", nullable=False),
+    ),
+    ("entity", "client_id", "stage", "bucket_start"),
+    (("ix_cutover_read_outcomes_time", ("bucket_start",)),),
+)
+
+#: One rollout plan per entity (:mod:`flags.rollout`): its definition, where it is
+#: (wave, phase, since when), what it last set, its guardrail figures and the lease of
+#: the one ``rollout run`` that may act on it.
+ROLLOUT_PLANS = Table(
+    "cutover_rollout_plans",
+    (
+        Col("entity", "key", 128, nullable=False),
+        Col("plan_id", "key", 36, nullable=False),
+        #: waves (pilot clients, cohort percentages), bake and watch times.
+        Col("definition", "json", nullable=False),
+        #: planned | running | paused | done | aborted | stopped
+        Col("state", "key", 16, nullable=False),
+        #: Why it is paused, stopped or aborted (a guardrail with its figures, ...).
+        Col("reason", "text"),
+        #: Index of the current wave in the definition's waves.
+        Col("wave", "int", nullable=False),
+        #: pending | shadowing | baking | switching | watching | rolling_back
+        Col("phase", "key", 16, nullable=False),
+        Col("phase_at", "datetime"),
+        Col("wave_started_at", "datetime"),
+        #: The cohort percentages before the current wave (what a rollback restores).
+        Col("before", "json"),
+        #: The wave's counts when it started, subtracted from every later reading.
+        Col("baseline", "json"),
+        #: The cohort percentages the plan last set (anything else: changed outside).
+        Col("expected", "json"),
+        #: The last guardrail evaluation of the current wave (figures, limits, verdict).
+        Col("guard", "json"),
+        Col("owner", "string", 255),
+        Col("lease_expires", "datetime"),
+        Col("created_by", "string", 255, nullable=False),
+        Col("created_at", "datetime", nullable=False),
+        Col("updated_at", "datetime", nullable=False),
+    ),
+    ("entity",),
+)
+
+#: Every transition of every plan (started, shadowed, switched, tripped, rolled back,
+#: paused, resumed, ...), with who and the figures: the plan's own history.
+ROLLOUT_EVENTS = Table(
+    "cutover_rollout_events",
+    (
+        Col("id", "key", 36, nullable=False),
+        Col("entity", "key", 128, nullable=False),
+        Col("plan_id", "key", 36, nullable=False),
+        Col("wave", "int"),
+        Col("event", "key", 32, nullable=False),
+        Col("actor", "string", 255, nullable=False),
+        Col("detail", "text"),
+        Col("figures", "json"),
+        Col("at", "datetime", nullable=False),
+    ),
+    ("id",),
+    (("ix_cutover_rollout_events_plan", ("entity", "plan_id", "at")),),
+)
+
+TABLES = (AUDIT, COHORT_STEPS, MISMATCHES, EVIDENCE, OUTCOMES, ROLLOUT_PLANS, ROLLOUT_EVENTS)
