@@ -60,6 +60,7 @@ import contextlib
 import itertools
 import re
 import time
+from collections import Counter
 from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
@@ -727,7 +728,12 @@ class _Run:
         event: str | None = None,
         detail: str | None = None,
         figures: Any = None,
+        *,
+        applied: str | None = None,
     ) -> None:
+        """Write ``values`` (and ``event``) under the lease, or stop. ``applied`` names
+        the flag change just made, when this records its phase: if the plan left
+        ``running`` meanwhile, that change is kept in the plan's events."""
         ok = state.update_held(
             self.r.runtime.sql,
             self.row,
@@ -738,10 +744,10 @@ class _Run:
             actor=self.r.actor,
         )
         if not ok:
-            self._lost()
-        self.row = replace(self.row, **values)
+            self._lost(applied)
         if event:
             self.r.say(f"  wave {self.row.wave + 1}: {event}" + (f": {detail}" if detail else ""))
+        self.row = replace(self.row, **values)
 
     def _lost(self, applied: str | None = None) -> None:
         """The plan left ``running`` under this lease: say why and stop. ``applied``
@@ -785,7 +791,7 @@ class _Run:
             plan_id=self.row.plan_id,
         )
         self.row = row or state.load(self.r.runtime.sql, self.name) or self.row
-        self.r.say(f"{self.name}: paused: {reason}")
+        self.r.say(f"{self.name}: paused at wave {self.row.wave + 1}")
 
     def _stop(self, reason: str) -> None:
         row = state.set_state(
@@ -835,12 +841,16 @@ class _Run:
     # -- the phases -------------------------------------------------------------------
     def _finish(self) -> None:
         flags = self._flags()
-        everyone = flags.new.rule.percent == 100 and not flags.rules.exceptions()
-        end = (
-            "every client reads new: the legacy subscription may be dropped"
-            if everyone
-            else "the last wave is done"
-        )
+        held = flags.rules.exceptions()
+        if flags.new.rule.percent == 100 and not held:
+            end = "every client reads new: the legacy subscription may be dropped"
+        else:
+            end = f"the last wave is done; new cohort at {flags.new.rule.percent}%" + (
+                f", {len(held)} held-back client(s) still read the old store "
+                f"(`cutover flags except {self.name} CLIENT --release` lets them follow)"
+                if held
+                else ""
+            )
         row = state.set_state(
             self.r.runtime.sql,
             self.name,
@@ -947,31 +957,12 @@ class _Run:
                 reason=self._why(wave, "shadow"),
             )
         expected = {**(self.row.expected or {}), "shadow": target}
-        self._record_applied(
+        self._record(
             {"phase": state.BAKING, "phase_at": self.r.clock(), "expected": expected},
             "shadowed",
             f"{wave.label} in shadow; baking {span(self.spec.bake_s)}",
-            f"the shadow step of {wave.label}",
+            applied=f"the shadow step of {wave.label}",
         )
-
-    def _record_applied(
-        self, values: dict[str, Any], event: str, detail: str, applied: str
-    ) -> None:
-        """Record the phase after a flag change; if the plan left ``running`` meanwhile,
-        the change is kept in its events (and the kill applied again if it raced)."""
-        ok = state.update_held(
-            self.r.runtime.sql,
-            self.row,
-            self.r.owner,
-            self.r.ttl_s,
-            values,
-            event=(event, detail, None),
-            actor=self.r.actor,
-        )
-        if not ok:
-            self._lost(applied)
-        self.row = replace(self.row, **values)
-        self.r.say(f"  wave {self.row.wave + 1}: {event}: {detail}")
 
     def _held_or_stop(self) -> None:
         """Renew the lease right before a flag change (stops when it is no longer held)."""
@@ -1029,7 +1020,7 @@ class _Run:
             if now >= deadline:
                 if then is None:
                     self._record(
-                        {"wave": wave.index + 1, "phase": state.PENDING, "guard": guard},
+                        {"wave": wave.index + 1, "phase": state.PENDING, "guard": None},
                         "wave-done",
                         f"{wave.label} reads new",
                         guard,
@@ -1075,11 +1066,11 @@ class _Run:
             if not wave.is_pilot
             else (self.row.expected or {})
         )
-        self._record_applied(
+        self._record(
             {"phase": state.WATCHING, "phase_at": self.r.clock(), "expected": expected},
             "switched",
             f"{wave.label} reads new; watching {span(self.spec.watch)}",
-            f"the switch of {wave.label} to new",
+            applied=f"the switch of {wave.label} to new",
         )
 
     def _roll_back(self, wave: Wave) -> None:
@@ -1111,37 +1102,41 @@ class _Run:
 
 # -- the report ---------------------------------------------------------------------------------
 def report(r: Rollout, entity: str) -> dict[str, Any]:
+    """See :meth:`Rollout.report`. Each wave's figures are the live ones of the current
+    wave, else the last the plan recorded for it (when it baked, tripped or ended)."""
     name = r._entity(entity)
     row = r.load(name)
     if row is None:
         return {"entity": name, "plan": None}
     spec = PlanSpec.from_json(row.definition)
+    history = state.events(r.runtime.sql, name, row.plan_id, limit=1000)
+    figures: dict[int, Any] = {}
+    trips: Counter[int] = Counter()
+    for e in history:
+        if e["event"] in ("baked", "tripped", "wave-done") and e["wave"] is not None:
+            figures[e["wave"]] = e["figures"]
+        if e["event"] == "tripped":
+            trips[e["wave"]] += 1
     waves = []
     for wave in spec.waves():
-        if wave.index < row.wave:
-            progress = "done"
-        elif wave.index == row.wave and row.state in (
-            state.RUNNING,
-            state.PAUSED,
-            state.STOPPED,
-            state.ABORTED,
-        ):
-            progress = row.phase
-        else:
-            progress = "pending"
-        item = {
-            "wave": wave.index + 1,
-            "label": wave.label,
-            "percent": wave.percent,
-            "pilot": list(wave.pilot),
-            "progress": progress,
-        }
-        if wave.index == row.wave:
-            item["guard"] = row.guard
-            item["started_at"] = row.wave_started_at.isoformat() if row.wave_started_at else None
-        waves.append(item)
+        current = wave.index == row.wave and row.state != state.DONE
+        progress = "done" if wave.index < row.wave else row.phase if current else "pending"
+        waves.append(
+            {
+                "wave": wave.index + 1,
+                "label": wave.label,
+                "percent": wave.percent,
+                "pilot": list(wave.pilot),
+                "progress": progress,
+                "started_at": row.wave_started_at.isoformat()
+                if current and row.wave_started_at
+                else None,
+                "guard": (row.guard if current and row.guard else None) or figures.get(wave.index),
+                "rolled_back": trips[wave.index],
+            }
+        )
     flags = r.service.backend.read(name)
-    held = row.held()
+    held = flags.rules.exceptions()
     return {
         "entity": name,
         "plan": {
@@ -1151,18 +1146,15 @@ def report(r: Rollout, entity: str) -> dict[str, Any]:
             "lease": {
                 "owner": row.owner,
                 "expires": row.lease_expires.isoformat() if row.lease_expires else None,
-                "live": held,
+                "live": row.held(),
             },
         },
         "waves": waves,
         "limits": r.limits.__dict__,
         "flags": {
             "cohorts": _percents(flags),
-            "exceptions": len(flags.rules.exceptions()),
-            "everyone_new": flags.new.rule.percent == 100 and not flags.rules.exceptions(),
+            "exceptions": len(held),
+            "everyone_new": flags.new.rule.percent == 100 and not held,
         },
-        "events": [
-            {**e, "at": e["at"].isoformat()}
-            for e in state.events(r.runtime.sql, name, row.plan_id, limit=30)
-        ],
+        "events": [{**e, "at": e["at"].isoformat()} for e in history[-30:]],
     }

@@ -319,6 +319,8 @@ def _echo_report(report: dict[str, Any]) -> None:
             )
             if guard.get("tripped"):
                 line += "   TRIPPED"
+        if w.get("rolled_back"):
+            line += f"   (rolled back {w['rolled_back']}x)"
         click.echo(line)
     events = report["events"][-10:]
     if events:

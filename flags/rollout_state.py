@@ -261,8 +261,7 @@ def update_held(
             extra_params=params,
         )
         if ok and event is not None:
-            wave = int((values or {}).get("wave", row.wave))
-            _event(cur, sql, row.entity, row.plan_id, wave, event[0], actor, event[1], event[2])
+            _event(cur, sql, row.entity, row.plan_id, row.wave, event[0], actor, *event[1:])
     return bool(ok)
 
 

@@ -467,6 +467,7 @@ def test_unleash_down_during_a_wave_pauses_the_plan_and_reads_keep_their_stages(
     r.plan(orders, r.spec(orders, waves="10,100", bake="60s", pilot=pilot))
     reader = StageReader(settings)
     wave2 = [c for c in _in_range(orders, clients, 0, 10) if c not in pilot]
+    later = next(c for c in _in_range(orders, clients, 10, 100) if c not in pilot)
     down = ExitStack()
     seen: dict[str, Stage] = {}
 
@@ -480,13 +481,13 @@ def test_unleash_down_during_a_wave_pauses_the_plan_and_reads_keep_their_stages(
     try:
         assert reader.wait_ready(10)
         end = r.run(orders)
-        seen = {c: reader.stage(orders, c) for c in [*pilot, wave2[0], clients[-1]]}
+        seen = {c: reader.stage(orders, c) for c in [*pilot, wave2[0], later]}
     finally:
         down.close()
     assert end.state == "paused" and end.wave == 1 and end.phase == "baking"
     assert end.reason is not None and "the flag backend failed during wave 2" in end.reason
     assert "keep their last known stages" in end.reason
-    assert seen == {**{c: Stage.NEW for c in pilot}, wave2[0]: Stage.SHADOW, clients[-1]: Stage.OLD}
+    assert seen == {**{c: Stage.NEW for c in pilot}, wave2[0]: Stage.SHADOW, later: Stage.OLD}
     assert _steps(r.service, orders) == [("shadow", 0, 10)]
     r.resume(orders)
     end = r.run(orders)
