@@ -7,8 +7,9 @@ STAMP := .cache/setup.stamp
 ENTITY ?=
 CLIENT ?=
 ARGS ?=
+CMD ?= run
 
-.PHONY: help setup demo test lint bench backfill verify services-up services-down clean
+.PHONY: help setup demo test lint bench backfill verify rollout services-up services-down clean
 
 help:  ## List the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -39,6 +40,10 @@ backfill: setup  ## Copy history: make backfill ENTITY=orders [CLIENT=acme] [ARG
 verify: setup  ## Prove both stores agree: make verify ENTITY=orders [CLIENT=acme] [ARGS=--full]
 	@test -n "$(ENTITY)" || { echo "usage: make verify ENTITY=<entity> [CLIENT=<client>]"; exit 2; }
 	$(BIN)/cutover verify $(ENTITY) $(if $(CLIENT),--client $(CLIENT),) $(ARGS)
+
+rollout: setup  ## Every client to new in waves: make rollout ENTITY=orders [CMD=run|plan|status|pause|resume|abort] [ARGS="--waves 1,10,50,100 --bake 30m"]
+	@test -n "$(ENTITY)" || { echo "usage: make rollout ENTITY=<entity> [CMD=run] [ARGS=...]"; exit 2; }
+	$(BIN)/cutover rollout $(CMD) $(ENTITY) $(ARGS)
 
 services-up: setup  ## Start the local servers (Pub/Sub, RethinkDB, PostgreSQL, Unleash)
 	$(BIN)/cutover services up
