@@ -18,7 +18,7 @@ import click
 from cutover.redaction import redact
 
 from .gate import GateRefused
-from .rollout_state import DONE, RolloutError
+from .rollout_state import ACTIVE, DONE, RolloutError
 from .stages import FlagError, InputError
 
 NOT_FINISHED = 3
@@ -151,27 +151,31 @@ def plan_cmd(entity: str, dry_run: bool, as_json: bool, **opts: Any) -> None:
 def run_cmd(entity: str, dry_run: bool, **opts: Any) -> None:
     """Carry out ENTITY's plan until it is done, paused or stopped.
 
-    Without a plan in place, one is made from the options (defaults: waves 1,10,50,100,
-    bake 30m). A plan in place runs from where it is (after a crash too); options that
-    differ from it are refused. Exit 0 when done, 3 when it paused or was stopped
-    (the reason is printed), 2 when refused (e.g. another run holds the plan).
+    With no plan for ENTITY yet, one is made from the options (defaults: waves
+    1,10,50,100, bake 30m). A plan in place runs from where it is (after a crash too);
+    options that differ from it are refused while it runs. A plan that has ended (done,
+    aborted, stopped by the kill switch) is not run again: give the options of a new
+    one. Exit 0 when done, 3 when it paused or was stopped (the reason is printed), 2
+    when refused (e.g. another run holds the plan).
     """
+    from .rollout import PlanSpec
+
     r = _rollout(opts.get("actor"))
     try:
         current = r.load(entity)
-        usable = current is not None and current.state in ("planned", "running", "paused")
-        if dry_run:
-            from .rollout import PlanSpec
-
-            spec = (
-                _spec(r, entity, opts)
-                if _given(opts) or not usable
-                else PlanSpec.from_json(current.definition)
+        make = _given(opts) or current is None
+        if current is not None and not make and current.state not in ACTIVE:
+            raise RolloutError(
+                f"the {current.entity} plan has ended ({current.state}: {current.reason}); "
+                f"nothing to run. Give the waves of a new one (`cutover rollout run "
+                f"{current.entity} --waves 1,10,50,100 --bake 30m`, or `rollout plan`)"
             )
+        spec = _spec(r, entity, opts) if make else PlanSpec.from_json(current.definition)
+        if dry_run:
             _echo_preview(r.preview(entity, spec), False, dry_run=True)
             return
-        if _given(opts) or not usable:
-            row, created = r.plan(entity, _spec(r, entity, opts))
+        if make:
+            row, created = r.plan(entity, spec)
             if created:
                 click.echo(f"plan {row.plan_id[:8]} recorded")
         end = r.run(entity)

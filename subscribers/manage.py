@@ -467,7 +467,9 @@ def drop(
             raise DropRefused(
                 f"refusing to drop {name!r}: it keeps the old store in sync and "
                 f"{len(still)} client(s) still read {entity.name} from it ({shown}); "
-                "move them to the new store first, or pass --force"
+                f"move them to the new store first (`cutover rollout run {entity.name}`; "
+                f"held-back clients: `cutover flags except {entity.name} CLIENT --release`), "
+                "or pass --force"
             )
     client = pubsub.subscriber(settings)
     try:

@@ -21,12 +21,13 @@ import pytest
 from flags_support import seed_ledger
 from hypothesis import given
 from hypothesis import strategies as st
-from support import frozen
+from support import frozen, make_runtime
 
 from cutover import services
 from cutover.clock import now_utc
-from cutover.config import ConfigError
+from cutover.config import Config, ConfigError, Subscription
 from cutover.runtime import Runtime
+from cutover.settings import Settings
 from flags import rollout_state
 from flags.evaluator import StageReader
 from flags.evidence import Counts, Outcomes, add_counts, add_outcomes, bucket_start
@@ -34,6 +35,8 @@ from flags.rollout import PlanInputError, PlanSpec, Rollout, parse_duration, par
 from flags.rollout_state import RolloutError
 from flags.service import FlagService
 from flags.stages import PercentError, Stage, bucket, cohort_group
+from stores.mapping import Row
+from subscribers import audit as sub_audit
 from subscribers import manage
 
 HOUR = 3600
@@ -105,6 +108,26 @@ def test_bad_durations_are_refused(text: str) -> None:
         parse_duration(text)
 
 
+def test_the_busiest_clients_make_the_pilot(file_runtime: Runtime, orders: str) -> None:
+    """Busiest: most shadow comparisons plus responses served over the gate's window,
+    then most documents in the old store; clients already at new are skipped."""
+    rt = file_runtime
+    clients = _clients(30)
+    seed_ledger(rt, orders, clients)
+    ent = rt.cfg.entity(orders)
+    docs = [Row(f"d{i}", clients[20], 1, False, {}) for i in range(3)]
+    rt.rethink.write(ent, [*docs, Row("e0", clients[21], 1, False, {})])
+    at = bucket_start(now_utc(), HOUR)
+    add_counts(rt.sql, {(orders, clients[3], "shadow", at): Counts(100)})
+    add_counts(rt.sql, {(orders, clients[7], "shadow", at): Counts(40)})
+    add_outcomes(rt.sql, {(orders, clients[9], "new", at): Outcomes(70)})
+    r = _runner(rt)
+    assert r.busiest(orders, 5) == [clients[3], clients[9], clients[7], clients[20], clients[21]]
+    r.service.set_stage(orders, clients[9], Stage.NEW, actor="t")
+    spec = r.spec(orders, pilot=[clients[0]], pilot_busiest=2)
+    assert spec.pilot == (clients[0], clients[3], clients[7])
+
+
 # -- 20,000 clients to new ---------------------------------------------------------------------
 def test_twenty_thousand_clients_go_to_new_in_waves_with_three_exceptions(
     file_runtime: Runtime, orders: str
@@ -169,6 +192,36 @@ def test_twenty_thousand_clients_go_to_new_in_waves_with_three_exceptions(
         service.release(orders, client, actor="t")
     assert r.report(orders)["flags"]["everyone_new"]
     assert manage.default_old_store_readers(rt, entity) == []
+
+
+def test_the_legacy_subscription_drops_without_force_once_a_plan_moved_everyone(
+    file_settings: Settings, flag_config: Config, orders: str, pubsub_server: services.ServiceInfo
+) -> None:
+    """The legacy (rethinkdb-sink) subscription on the real Pub/Sub server: refused
+    while the plan's last wave has not run (it names the clients still on the old
+    store), dropped without --force once the plan put everyone at 100% new with no
+    exception, and the drop is audited as not forced."""
+    name = f"{orders}-rethinkdb"
+    sub = Subscription(name=name, topic=orders, entity=orders, sink="rethinkdb")
+    cfg = flag_config.model_copy(update={"subscriptions": {name: sub}})
+    settings = file_settings.model_copy(update={"pubsub_emulator_host": pubsub_server.url})
+    rt = make_runtime(settings, cfg)
+    clients = _clients(200)
+    seed_ledger(rt, orders, clients)
+    manage.add(rt, name, actor="t")
+    r = _runner(rt)
+    r.plan(orders, r.spec(orders, waves="30,100", bake="0"))
+    r.pause(orders)  # at once: nothing has moved
+    with pytest.raises(manage.DropRefused, match=f"200 client.s. still read {orders}"):
+        manage.drop(rt, name, actor="t")
+    r.resume(orders)
+    assert r.run(orders).state == "done"
+    change = manage.drop(rt, name, actor="t")
+    assert change.done == [f"deleted subscription {name}"]
+    [entry, refusal] = sub_audit.read(rt.sql, name)[:2]
+    assert (entry.action, entry.details["force"]) == ("drop", False)
+    assert entry.details["old_store_readers"] == [] and refusal.action == "drop-refused"
+    rt.close()
 
 
 # -- guardrails ---------------------------------------------------------------------------------

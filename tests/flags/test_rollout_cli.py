@@ -133,7 +133,7 @@ def test_a_second_run_is_refused_an_edit_is_refused_and_kill_stops_the_running_p
     """While one `rollout run` bakes wave 1, a second is refused (exit 2, naming the
     holder), so is another definition of the plan; nothing changes. `flags kill` from
     another terminal sends everyone back, and the running plan notices within a tick:
-    it stops (exit 3) saying the kill switch stopped it."""
+    it stops (exit 3) saying the kill switch stopped it, and is not run again."""
     monkeypatch.chdir(tmp_path)
     clients = [f"k{i:04d}" for i in range(200)]
     seed_ledger(file_runtime, orders, clients)
@@ -160,6 +160,9 @@ def test_a_second_run_is_refused_an_edit_is_refused_and_kill_stops_the_running_p
     assert "is stopped: kill switch by" in out and "incident" in out
     status = CliRunner().invoke(cli, ["rollout", "status", orders, "--json"], env=env)
     assert '"state": "stopped"' in status.output
+    assert _steps(file_runtime, orders) == [("shadow", 0, 20), ("shadow", 20, 0)]
+    again = CliRunner().invoke(cli, ["rollout", "run", orders], env=env)
+    assert again.exit_code == 2 and "has ended (stopped: kill switch" in again.output
     assert _steps(file_runtime, orders) == [("shadow", 0, 20), ("shadow", 20, 0)]
 
 
