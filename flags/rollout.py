@@ -91,6 +91,7 @@ from .stages import (
     EntityFlags,
     FlagError,
     InputError,
+    ListLimitError,
     Stage,
     bucket,
     check_client_id,
@@ -711,6 +712,11 @@ class _Run:
                 step(self.waves[self.row.wave])
         except _Stop:
             pass
+        except (ListLimitError, GateRefused, InputError) as exc:
+            self._pause(
+                f"wave {self.row.wave + 1} ({self.row.phase}) was refused: "
+                f"{redact(str(exc))}. `cutover rollout resume {self.name}` tries again"
+            )
         except FlagError as exc:
             self._pause(
                 f"the flag backend failed during wave {self.row.wave + 1} "
@@ -753,10 +759,10 @@ class _Run:
         """The plan left ``running`` under this lease: say why and stop. ``applied``
         names a change this run made just before noticing (kept in the events)."""
         now = state.load(self.r.runtime.sql, self.name)
-        self.row = now or self.row
         if now is None or now.plan_id != self.row.plan_id:
             self.r.say(f"{self.name}: the plan was replaced; this run stops")
             raise _Stop
+        self.row = now
         if applied:
             state.add_event(
                 self.r.runtime.sql,
@@ -813,6 +819,8 @@ class _Run:
         """The flags now; stops the plan when a cohort is not where the plan put it
         (``allowed`` adds what the phase in hand may already have set)."""
         flags = self.r.service.backend.read(self.name)
+        for warning in flags.warnings():  # switched off, or a strategy cutover did not make
+            self._stop(f"the flags were changed outside the plan: {warning}")
         expected = self.row.expected or {}
         for stage in FLAGGED:
             have = flags.flag(stage).rule.percent

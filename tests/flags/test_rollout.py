@@ -31,10 +31,11 @@ from cutover.settings import Settings
 from flags import rollout_state
 from flags.evaluator import StageReader
 from flags.evidence import Counts, Outcomes, add_counts, add_outcomes, bucket_start
+from flags.file_backend import flag_file, load_snapshot, write_atomically
 from flags.rollout import PlanInputError, PlanSpec, Rollout, parse_duration, parse_waves
 from flags.rollout_state import RolloutError
 from flags.service import FlagService
-from flags.stages import PercentError, Stage, bucket, cohort_group
+from flags.stages import PercentError, Stage, bucket, cohort_group, flag_name
 from stores.mapping import Row
 from subscribers import audit as sub_audit
 from subscribers import manage
@@ -479,6 +480,30 @@ def test_a_cohort_edited_outside_the_plan_stops_it(file_runtime: Runtime, orders
     assert "at 30% where the plan set 10%" in end.reason
     assert "someone" in end.reason
     assert r.service.backend.read(orders).shadow.rule.percent == 30  # left as found
+
+
+def test_a_flag_switched_off_outside_the_plan_stops_it(file_runtime: Runtime, orders: str) -> None:
+    """Someone switches the shadow flag off by hand (as in Unleash's UI) mid-bake: its
+    rule is intact but nobody reads shadow; the plan stops saying so, touching nothing."""
+    rt = file_runtime
+    seed_ledger(rt, orders, _clients(100))
+    clock = FakeClock()
+    r = _runner(rt, clock)
+    r.plan(orders, r.spec(orders, waves="10,100", bake="60s"))
+    path = flag_file(rt.settings)
+
+    def switch_off() -> None:
+        data = load_snapshot(path)
+        for feature in data["features"]:
+            if feature["name"] == flag_name(orders, Stage.SHADOW):
+                feature["enabled"] = False
+        write_atomically(path, data)
+
+    _inject_once(clock, lambda: True, switch_off)
+    end = r.run(orders)
+    assert end.state == "stopped" and end.reason is not None
+    assert "switched off outside cutover" in end.reason
+    assert _steps(r.service, orders) == [("shadow", 0, 10)]
 
 
 def test_the_gate_refusing_a_wave_pauses_the_plan_before_anything_changes(
