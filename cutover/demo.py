@@ -5,8 +5,10 @@ servers it starts itself (Pub/Sub, RethinkDB; the SQL store is the embedded SQLi
 file and the flags the embedded file backend): seed the old store's history; add the
 legacy and the new subscriptions and run their workers; publish live traffic
 (duplicates, reordered versions, deletes, one poison message) while the backfill
-runs; verify; move a pilot client through shadow to new and back; summarise. It
-stops everything it started unless ``--keep``.
+runs; verify; move a pilot client through shadow to new and back; roll every client
+out in waves (``cutover rollout``) while reads flow, one wave tripping its guardrail on a
+mismatch injected into the SQL store and rolling back by itself; summarise. It stops
+everything it started unless ``--keep``.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,6 +45,10 @@ console = Console(highlight=False)
 ENTITY = "orders"
 SUBSCRIPTIONS = ("orders-rethinkdb", "orders-sqlstore")
 PILOT = "client-000"
+CLIENTS = tuple(f"client-{i:03d}" for i in range(4))
+#: The rollout's cohort waves; the pilot client goes first, on its own.
+WAVES = (50, 100)
+ROLLOUT = ("--waves", ",".join(map(str, WAVES)), "--bake", "3s", "--watch", "1s")
 
 
 class DemoFailed(click.ClickException):
@@ -204,9 +210,91 @@ class Rehearsal:
             self._show_read(base, f"rolled back in {time.monotonic() - started:.1f} s")
             self.cutover("flags", "status", ENTITY)
 
+        with self.phase("Roll out every client in waves, one tripping its guardrail"):
+            self._rollout(rt, base)
+
         self._summary(rt, base, api)
 
     # -- steps ------------------------------------------------------------------------
+    def _rollout(self, rt: Runtime, base: str) -> None:
+        """Every client to new in waves (the pilot first), reads flowing for each client.
+        While a later wave bakes in shadow, one of its items is changed in the SQL store
+        behind cutover's back: the shadow comparisons find it, the wave's mismatch rate
+        trips its guardrail, the wave rolls back by itself and the plan pauses. The
+        client is held back for investigation and the plan resumed to the end."""
+        from flags.rollout_state import load
+
+        wave, target = _tripping_wave()
+        pilot = ("--pilot", PILOT)
+        self.cutover("rollout", "plan", ENTITY, *ROLLOUT, *pilot, "--dry-run")
+        stop = threading.Event()
+        reads = threading.Thread(target=_read_all, args=(base, stop), name="reads", daemon=True)
+        reads.start()
+        try:
+            run = self.spawn("rollout", "run", ENTITY, *ROLLOUT, *pilot, log="rollout.log")
+
+            def baking() -> bool:
+                row = load(rt.sql, ENTITY)
+                return row is not None and (row.wave, row.phase) == (wave, "baking")
+
+            _wait_for(lambda: baking() or run.poll() is not None, what=f"wave {wave + 1} to bake")
+            key = self._tamper(rt, target)
+            console.print(
+                f"  injected: {ENTITY}/{key} of {target} changed in the SQL store only "
+                f"(wave {wave + 1} bakes in shadow)"
+            )
+            run.wait(timeout=180)
+            log = (self.state_dir / "rollout.log").read_text(encoding="utf-8").rstrip()
+            console.print("  " + log.replace("\n", "\n  "), markup=False)
+            if run.returncode != 3:
+                raise DemoFailed(
+                    f"the rollout exited {run.returncode}, not paused by its guardrail"
+                )
+            self.cutover("rollout", "status", ENTITY)
+            reason = "shadow mismatches under investigation"
+            self.cutover("flags", "except", ENTITY, target, "--reason", reason)
+            self.cutover("rollout", "resume", ENTITY)
+        finally:
+            stop.set()
+            reads.join(timeout=10)
+        self._rollout_facts(rt, wave, target)
+
+    def _tamper(self, rt: Runtime, client: str) -> str:
+        """Change one item of ``client`` in the SQL store only (written around cutover)."""
+        entity = rt.cfg.entity(ENTITY)
+        [row] = rt.sql.page(entity, client, limit=1)
+        q = rt.sql.dialect.quote
+        with rt.sql.transaction() as cur:
+            cur.execute(
+                f"UPDATE {q(entity.sql_table)} SET {q('status')} = ? WHERE {q(entity.key)} = ?",
+                "tampered",
+                row.key,
+            )
+        return row.key
+
+    def _rollout_facts(self, rt: Runtime, wave: int, target: str) -> None:
+        from flags.rollout import Rollout
+        from flags.service import FlagService
+
+        rollout = Rollout(rt, FlagService(rt))
+        report = rollout.report(ENTITY)
+        flags = rollout.service.backend.read(ENTITY)
+        rollout.close()
+        tripped = report["waves"][wave]
+        if report["plan"]["state"] != "done" or not tripped["rolled_back"]:
+            raise DemoFailed(f"the rollout ended {report['plan']['state']}, see rollout.log")
+        figures = next(e["figures"] for e in report["events"] if e["event"] == "tripped")
+        self.facts["rollout waves"] = ", ".join(w["label"] for w in report["waves"])
+        self.facts["guardrail tripped"] = (
+            f"wave {wave + 1} ({tripped['label']}): shadow mismatch rate "
+            f"{figures['mismatch_rate']:.1%} ({figures['mismatches']} of "
+            f"{figures['comparisons']} comparisons) > "
+            f"{report['limits']['max_mismatch_rate']:.1%}: rolled back by itself"
+        )
+        stages = {c: flags.stage_of(c).value for c in CLIENTS}
+        self.facts["reads after the rollout"] = ", ".join(f"{c} {s}" for c, s in stages.items())
+        self.facts["held back"] = f"{target} (its reads mismatched; the plan went on without it)"
+
     def _publish(self, settings: Settings, events: list[Event]) -> None:
         client = publisher(settings)
         ensure_topic(settings, ENTITY, client)
@@ -273,6 +361,30 @@ class Rehearsal:
                 "  servers and the API keep running; stop them with "
                 f"`kill {api.pid}` and `cutover services down --state-dir {self.state_dir}`"
             )
+
+
+def _tripping_wave() -> tuple[int, str]:
+    """The plan's wave (its index, the pilot being wave 0) whose guardrail the demo
+    trips, and the client whose item it tampers with: the first client, after the
+    first cohort wave, that a wave of its own moves (by the SDK's hash)."""
+    from flags.stages import bucket, cohort_group
+
+    group = cohort_group(ENTITY)
+    for i, (lo, hi) in enumerate(zip((0, *WAVES), WAVES, strict=False)):
+        for client in CLIENTS:
+            if i > 0 and client != PILOT and lo < bucket(client, group) <= hi:
+                return i + 1, client
+    raise DemoFailed("no rollout wave after the first moves a demo client")
+
+
+def _read_all(base: str, stop: threading.Event) -> None:
+    """Reads of every client's first page, as the product would make them."""
+    with httpx.Client(base_url=base, timeout=5) as http:
+        while not stop.is_set():
+            for client in CLIENTS:
+                with suppress(httpx.HTTPError):
+                    http.get(f"/v1/{ENTITY}/{client}/items", params={"limit": 50})
+            stop.wait(0.1)
 
 
 def _live_events(entity: Any, history: list[Event]) -> list[Event]:
@@ -344,6 +456,9 @@ def _child_env(state_dir: Path, servers: dict[str, str], token_file: Path) -> di
             "CUTOVER_API_PORT": str(_free_port()),
             "CUTOVER_ADMIN_TOKEN": token_file.read_text(),
             "CUTOVER_UNLEASH_REFRESH_INTERVAL_S": "0.5",
+            # Quick rounds for the rollout's guardrails (production: 5 s and 10 s).
+            "CUTOVER_SHADOW_EVIDENCE_FLUSH_S": "0.5",
+            "CUTOVER_ROLLOUT_TICK_S": "0.5",
         }
     )
     return env

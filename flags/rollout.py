@@ -171,7 +171,10 @@ class Wave:
 
     @property
     def label(self) -> str:
-        return f"pilot ({len(self.pilot)} clients)" if self.is_pilot else f"cohort {self.percent}%"
+        if not self.is_pilot:
+            return f"cohort {self.percent}%"
+        n = len(self.pilot)
+        return f"pilot ({n} client{'' if n == 1 else 's'})"
 
 
 @dataclass(frozen=True)
