@@ -60,7 +60,9 @@ class Msg:
 
 
 def _event(key: str, version: int, **data: Any) -> Event:
-    return Event(
+    """An event as a producer would build it, not validated (so it may break the
+    contract, e.g. a version beyond 2**53): the handler is the one that judges it."""
+    return Event.model_construct(
         event_id=f"{key[:40]}-v{version}",
         entity="orders",
         op="upsert",
