@@ -1169,3 +1169,12 @@ def report(r: Rollout, entity: str) -> dict[str, Any]:
         },
         "events": [{**e, "at": e["at"].isoformat()} for e in history[-30:]],
     }
+
+
+def plan_report(runtime: Runtime, entity: str) -> dict[str, Any]:
+    """:meth:`Rollout.report` over ``runtime`` (read-only; for the admin API)."""
+    rollout = Rollout(runtime)
+    try:
+        return rollout.report(entity)
+    finally:
+        rollout.close()
