@@ -48,7 +48,7 @@ PILOT = "client-000"
 CLIENTS = tuple(f"client-{i:03d}" for i in range(4))
 #: The rollout's cohort waves; the pilot client goes first, on its own.
 WAVES = (50, 100)
-ROLLOUT = ("--waves", ",".join(map(str, WAVES)), "--bake", "3s", "--watch", "1s")
+ROLLOUT = ("--waves", ",".join(map(str, WAVES)), "--bake", "4s", "--watch", "1s")
 
 
 class DemoFailed(click.ClickException):
