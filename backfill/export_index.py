@@ -98,7 +98,7 @@ def _merge(runs: list[tuple[int, int, int]]) -> list[tuple[int, int, int]]:
                 merged.append((start, end, n))
         if len(merged) <= MAX_RANGES:
             return merged
-        gap *= 4
+        gap = max(gap, 1024) * 4  # grows until every range is one
 
 
 class ClientIndexedExport(ExportSource):

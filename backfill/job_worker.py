@@ -81,6 +81,8 @@ from .verify import Verifier
 
 log = logging.getLogger("cutover.jobs")
 
+#: How a settled message ended when it was acked (the others come back).
+_ACKED = (jobs.OUT_DONE, jobs.OUT_UNCHANGED, "failed", "bad-message")
 #: Seconds a pull waits for messages on servers that hold the call open.
 _PULL_TIMEOUT_S = 5.0
 
@@ -121,6 +123,7 @@ class _InHand:
     ack_id: str
     received: float
     stop: threading.Event = field(default_factory=threading.Event)
+    settled: bool = False  # acked or rescheduled: never extended again
     lease: tuple[str, str, str] | None = None  # (entity, client, attempt_id) once acquired
     backfill: Backfill | None = None
 
@@ -358,12 +361,21 @@ class JobWorker:
         self.settled: dict[str, int] = {}
         self._hands: dict[str, _InHand] = {}
         self._lock = threading.Lock()
+        #: Held while a message is acked or rescheduled, and while the keeper extends
+        #: messages: an extension can never undo a backoff that was just set.
+        self._settle = threading.Lock()
         self._slots = threading.Semaphore(self.concurrency)
         self._pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix="job")
         self._client: Any = None
         self._path = pubsub.subscription_path(runtime.settings, self.jobs_cfg.subscription)
         self._threads: list[threading.Thread] = []
         self._done = 0
+
+    @property
+    def finished(self) -> int:
+        """Messages acked so far: jobs done, unchanged or failed for good, bad messages."""
+        with self._lock:
+            return sum(self.settled.get(k, 0) for k in _ACKED)
 
     # -- lifecycle ----------------------------------------------------------------------
     def start(self) -> None:
@@ -589,7 +601,11 @@ class JobWorker:
 
     def _ack(self, hand: _InHand) -> None:
         try:
-            self._client.acknowledge(request={"subscription": self._path, "ack_ids": [hand.ack_id]})
+            with self._settle:
+                hand.settled = True
+                self._client.acknowledge(
+                    request={"subscription": self._path, "ack_ids": [hand.ack_id]}
+                )
         except gexc.GoogleAPIError as exc:  # redelivered later: a duplicate, harmless
             log.warning(
                 "ack failed (%s); the job will come back and finish at once",
@@ -599,13 +615,15 @@ class JobWorker:
     def _modack(self, hand: _InHand, seconds: int) -> None:
         """Redeliver in ``seconds`` (0: at once), on any server."""
         try:
-            self._client.modify_ack_deadline(
-                request={
-                    "subscription": self._path,
-                    "ack_ids": [hand.ack_id],
-                    "ack_deadline_seconds": max(0, min(600, seconds)),
-                }
-            )
+            with self._settle:
+                hand.settled = True
+                self._client.modify_ack_deadline(
+                    request={
+                        "subscription": self._path,
+                        "ack_ids": [hand.ack_id],
+                        "ack_deadline_seconds": max(0, min(600, seconds)),
+                    }
+                )
         except gexc.GoogleAPIError as exc:  # the deadline runs out by itself
             log.warning("could not reschedule a job (%s)", redact(str(exc).splitlines()[0]))
 
@@ -629,8 +647,14 @@ class JobWorker:
             return list(self._hands.values())
 
     def _extend_messages(self, now: float) -> None:
+        with self._settle:
+            self._extend_unsettled(now)
+
+    def _extend_unsettled(self, now: float) -> None:
         keep = []
         for hand in self._hands_copy():
+            if hand.settled:
+                continue
             if now - hand.received > self.jobs_cfg.max_lease_s:
                 if not hand.stop.is_set():
                     log.warning(

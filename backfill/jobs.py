@@ -85,7 +85,9 @@ def parse_job(data: bytes, config: Config) -> Job:
     try:
         body = json.loads(bytes(data).decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as exc:
-        raise JobMessageError(f"not a UTF-8 JSON job message: {exc}") from None
+        raise JobMessageError(f"not a UTF-8 JSON job message: {str(exc)[:300]}") from None
+    except RecursionError:  # a job message is one flat object
+        raise JobMessageError("not a job message: JSON nested too deeply") from None
     if not isinstance(body, dict):
         raise JobMessageError(f"a job message is a JSON object, not {type(body).__name__}")
     if body.get("kind") != KIND:
