@@ -31,6 +31,7 @@ from stores.sql import SqlStore
 from .admin.health import HealthCache, check_dependencies
 from .api.deps import Services
 from .errors import install_error_handlers
+from .first_use import FirstUse
 from .paths import RouteOnRawPath
 from .pools import ReadPools
 from .reads import ReadModel
@@ -96,6 +97,7 @@ def create_app(
     pools = ReadPools(opts)
     shadow = ShadowComparer(reads, MismatchRecorder(rt.sql), opts)
     health = HealthCache(lambda: check_dependencies(rt.settings, rt.cfg))
+    first_use = FirstUse.for_app(rt, opts)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -107,6 +109,7 @@ def create_app(
             yield
         finally:
             shadow.stop()
+            first_use.stop()
             reader.close()
             pools.close()
             reads.close()
@@ -119,7 +122,7 @@ def create_app(
         # ``.../items/{id}/`` to the listing.
         redirect_slashes=False,
     )
-    app.state.services = Services(rt, reader, reads, shadow, opts, pools, health)
+    app.state.services = Services(rt, reader, reads, shadow, opts, pools, health, first_use)
     install_error_handlers(app)
     app.add_middleware(RouteOnRawPath)
     _include_routers(app)

@@ -153,6 +153,7 @@ class Rehearsal:
         with self.phase("Double-write: add both subscriptions, run their workers"):
             for name in SUBSCRIPTIONS:
                 self.cutover("subs", "add", name)
+            self.cutover("jobs", "add")  # where the API's first-use jobs go
             workers = self.spawn(
                 "subs", "run", *SUBSCRIPTIONS, "--log-every", "2", log="workers.log"
             )
@@ -459,6 +460,9 @@ def _child_env(state_dir: Path, servers: dict[str, str], token_file: Path) -> di
             # Quick rounds for the rollout's guardrails (production: 5 s and 10 s).
             "CUTOVER_SHADOW_EVIDENCE_FLUSH_S": "0.5",
             "CUTOVER_ROLLOUT_TICK_S": "0.5",
+            # The API publishes the job of a client it serves unmigrated (README:
+            # "Per-client jobs"); off by default in production settings.
+            "CUTOVER_FIRST_USE_JOBS": "1",
         }
     )
     return env

@@ -6,12 +6,13 @@ build stores or clients themselves, so tests and the benchmark swap them in one 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated
 
 from fastapi import Depends, Request
 
 from app.admin.health import HealthCache
+from app.first_use import FirstUse
 from app.pools import ReadPools
 from app.reads import ReadModel
 from app.shadow import ShadowComparer
@@ -33,6 +34,8 @@ class Services:
     pools: ReadPools
     #: The dependency checks behind /healthz and /admin/health (cached).
     health: HealthCache
+    #: Publishes the migration job of a client served unmigrated (CUTOVER_FIRST_USE_JOBS).
+    first_use: FirstUse = field(default_factory=FirstUse.off)
 
 
 async def get_services(request: Request) -> Services:

@@ -110,6 +110,7 @@ async def list_items(
     services.shadow.page_served(
         stage, store, ent, client_id, after, size, page.rows, page.next_after
     )
+    services.first_use.served(ent.name, client_id)
     return _answer(response, store, stage)
 
 
@@ -128,6 +129,7 @@ async def get_item(
         store, _item_body, services.reads, store, ent, client_id, item_id
     )
     services.shadow.item_served(stage, store, ent, client_id, item_id, row)
+    services.first_use.served(ent.name, client_id)
     if response is None:
         raise HTTPException(
             404,
