@@ -25,6 +25,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from cutover.runtime import Runtime
 from cutover.settings import Settings
 from flags.evaluator import StageReader, StageSource
+from flags.rollout_outcomes import CountReadOutcomes
 from stores.rethink import RethinkStore
 from stores.sql import SqlStore
 
@@ -125,6 +126,9 @@ def create_app(
     app.state.services = Services(rt, reader, reads, shadow, opts, pools, health, first_use)
     install_error_handlers(app)
     app.add_middleware(RouteOnRawPath)
+    # Outermost (added last): it sees every response, 500s included, for the rollout's
+    # per-client 5xx guardrail.
+    app.add_middleware(CountReadOutcomes, runtime=rt, options=opts, stages=reader)
     _include_routers(app)
 
     @app.get("/metrics", tags=["ops"], response_class=PlainTextResponse)

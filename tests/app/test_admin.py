@@ -689,3 +689,19 @@ def test_console_is_served_with_a_strict_policy_and_no_secrets(client: TestClien
         assert TOKEN not in asset.text
     assert client.get("/console/static/routes.py").status_code == 404
     assert client.get("/console/static/..%2Froutes.py").status_code == 404
+
+
+def test_rollout_plan_is_reported_behind_the_token(client: TestClient, rt: Runtime) -> None:
+    """No plan, then a recorded one: the admin API shows its waves; unknown entity 404."""
+    from flags.rollout import PlanSpec, Rollout
+
+    headers = AUTH
+    assert client.get("/admin/rollout/orders").status_code == 401
+    empty = client.get("/admin/rollout/orders", headers=headers)
+    assert empty.status_code == 200 and empty.json()["plan"] is None
+    rollout = Rollout(rt)
+    rollout.plan("orders", PlanSpec((10, 100), bake_s=60.0))
+    shown = client.get("/admin/rollout/orders", headers=headers).json()
+    assert shown["plan"] is not None, shown
+    assert "10" in json.dumps(shown) and "100" in json.dumps(shown)
+    assert client.get("/admin/rollout/nope", headers=headers).status_code == 404

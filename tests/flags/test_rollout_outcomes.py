@@ -1,7 +1,6 @@
 """The read API's outcomes per client, counted by the rollout's hook in the real app.
 
-The app is ``app.main.create_app`` with the hook added exactly as the wiring line does
-(``app.add_middleware(CountReadOutcomes, runtime=rt, options=opts, stages=reader)``),
+The app is ``app.main.create_app`` (which adds the hook as its outermost middleware),
 served in process by Starlette's test client (lifespan included). 5xx answers come
 from stored values the read API refuses (written around cutover, straight into a
 store), so every error is the app's own.
@@ -60,8 +59,8 @@ def test_each_response_is_counted_per_client_at_shadow_and_new_with_its_5xx(
             service.set_stage(orders, client, stage, actor="t", force=True)
 
     reader = StageReader(rt.settings)
-    app = create_app(rt, stages=reader)
-    app.add_middleware(CountReadOutcomes, runtime=rt, options=rt.settings, stages=reader)
+    app = create_app(rt, stages=reader)  # create_app adds the CountReadOutcomes hook
+    assert any(m.cls is CountReadOutcomes for m in app.user_middleware)
     asked = {"N": (3, 2), "team/7": (2, 0), "S": (4, 1), "O": (2, 2)}  # (oks, bads)
     with TestClient(app) as http:
         for client, (oks, bads) in asked.items():

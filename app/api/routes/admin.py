@@ -298,6 +298,17 @@ def get_verification_history(
         return verification.history(rt, entity, client, limit)
 
 
+# -- rollout plans ----------------------------------------------------------------------
+@admin.get("/rollout/{entity}")
+def get_rollout(entity: str, rt: RuntimeDep) -> dict[str, Any]:
+    """The entity's rollout plan: state and reason, waves with their progress and
+    guardrail figures, the lease, recent events."""
+    from flags.rollout import plan_report
+
+    with _answers():
+        return plan_report(rt, entity)
+
+
 # -- shadow reads -----------------------------------------------------------------------
 @admin.get("/shadow/{entity}", response_model=shadow.ShadowReport)
 def get_shadow(
