@@ -207,7 +207,10 @@ def status(runtime: Runtime, counts: dict[str, Counts] | None = None) -> list[Su
     if counts is None:
         counts = read_counts(runtime)[0]
     rows: list[SubscriptionStatus] = []
-    for name, sub in cfg.subscriptions.items():
+    declared = dict(cfg.subscriptions)
+    if cfg.jobs is not None:  # the per-client jobs' subscription, declared in [jobs]
+        declared.setdefault(cfg.jobs.subscription, cfg.jobs.as_subscription())
+    for name, sub in declared.items():
         actual = existing.get(name)
         rows.append(
             SubscriptionStatus(
@@ -215,14 +218,14 @@ def status(runtime: Runtime, counts: dict[str, Counts] | None = None) -> list[Su
                 True,
                 actual is not None,
                 sub.topic,
-                sub.sink,
+                sub.sink if name in cfg.subscriptions else "jobs",
                 drift(settings, sub, actual) if actual is not None else [],
                 counts.get(name),
                 backlog(settings, name) if actual is not None else None,
             )
         )
     for name, actual in sorted(existing.items()):
-        if name not in cfg.subscriptions:
+        if name not in declared:
             rows.append(
                 SubscriptionStatus(
                     name,

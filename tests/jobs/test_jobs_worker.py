@@ -143,6 +143,11 @@ def test_the_sweep_skips_verified_clients_and_queued_ones(
     assert states(w.runtime.sql) == dict.fromkeys(clients, "verified")
     assert {r["enqueues"] for r in job_rows(w.runtime.sql).values()} == {1}
 
+    listed = {r["name"]: r for r in json.loads(_cli(w, "subs", "list", "--json").output)}
+    jobs_sub = listed["cutover-jobs"]  # declared in [jobs], created by `cutover jobs add`
+    assert (jobs_sub["declared"], jobs_sub["exists"], jobs_sub["sink"]) == (True, True, "jobs")
+    # the local server drops retry policies (cutover then enforces backoff itself)
+    assert all(d.startswith("retry_") for d in jobs_sub["drift"]), jobs_sub["drift"]
     status = json.loads(_cli(w, "jobs", "status", "orders", "--json").output)
     assert (status["done"], status["queued"], status["failed"], status["not_migrated"]) == (
         5,
