@@ -439,17 +439,29 @@ def finish(
 def record_unchanged(
     sql: SqlStore, entity: str, client: str, *, owner: str, message_id: str, delivery_attempt: int
 ) -> None:
-    """A job that found its client migrated and unchanged: done at once, no lease."""
+    """A job that found its client migrated and unchanged: done at once, no lease.
+
+    A lease that expired (its worker died after recording the verification, before
+    closing the job) is closed too, so the row does not stay ``running``.
+    """
     d = sql.dialect
+    q = d.quote
     now = now_utc()
     with sql.transaction() as cur:
         bookkeeping.update(
             cur,
             d,
             JOBS,
-            {"state": DONE, "updated_at": now, "finished_at": now},
+            {
+                "state": DONE,
+                "owner": None,
+                "lease_expires": None,
+                "updated_at": now,
+                "finished_at": now,
+            },
             _key(entity, client),
-            extra=f"{d.quote('owner')} IS NULL",
+            extra=f"{q('owner')} IS NULL OR {q('lease_expires')} < ?",
+            extra_params=[d.to_db("datetime", now)],
         )
         bookkeeping.insert(
             cur,

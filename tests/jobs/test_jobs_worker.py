@@ -102,6 +102,40 @@ def test_duplicated_and_reordered_job_messages_copy_each_client_once(jobs_world:
         assert sorted(outcomes) == ["done", "unchanged", "unchanged"], (client, outcomes)
 
 
+def test_a_lease_left_by_a_dead_worker_is_closed_by_the_next_delivery(
+    jobs_world: JobsWorld,
+) -> None:
+    w = jobs_world
+    rows = history(w.entity, clients=1, ids=5)
+    folder = w.export(documents(w.entity, rows))
+    sql = w.runtime.sql
+    jobs.enqueue(w.runtime, "orders", ["client-000"])
+    with w.worker(folder) as worker:
+        wait_for(lambda: worker.finished >= 1, "the job")
+        # a worker that died after recording its verification, before closing its job,
+        # leaves a running row whose lease has expired
+        assert jobs.acquire(
+            sql,
+            "orders",
+            "client-000",
+            owner="gone/1/x",
+            attempt_id="dead",
+            ttl_s=0.0,
+            message_id="m-dead",
+            delivery_attempt=1,
+        )
+        assert job_rows(sql)["client-000"]["state"] == "running"
+        publish_raw(w, [jobs.Job("orders", "client-000").to_bytes()])
+        wait_for(lambda: worker.finished >= 2, "the redelivered job")
+    row = job_rows(sql)["client-000"]
+    assert (row["state"], row["owner"], row["copies"]) == ("done", None, 1)
+    assert [a["outcome"] for a in jobs.attempts_of(sql, "orders", "client-000")] == [
+        "done",
+        None,
+        "unchanged",
+    ]
+
+
 def _cli(world: JobsWorld, *args: str) -> Any:
     result = CliRunner().invoke(cli, list(args), env=world.env(), catch_exceptions=False)
     assert result.exit_code == 0, result.output
