@@ -31,6 +31,7 @@ parser cutover uses, so both sinks see the same value.
 from __future__ import annotations
 
 import math
+from datetime import UTC, datetime
 from typing import Any
 
 #: Container levels (arrays, objects) allowed inside one column value.
@@ -41,6 +42,10 @@ MAX_EVENT_DEPTH = MAX_DEPTH + 2
 MAX_ARRAY_ITEMS = 100_000
 #: Largest integer magnitude inside a JSON value (exact in a double).
 MAX_SAFE_INTEGER = 2**53
+#: Timestamps the old store keeps to the microsecond: RethinkDB holds a time as a
+#: double of epoch seconds, exact to 1 us only within +/- 2**53 us of 1970 (1684..2255).
+EARLIEST_TIME = datetime(1700, 1, 1, tzinfo=UTC)
+LATEST_TIME = datetime(2250, 1, 1, tzinfo=UTC)
 #: Characters in one client id (the SQL store's client column).
 MAX_CLIENT_ID_CHARS = 255
 #: Bytes in one message body or exported document.
@@ -129,6 +134,15 @@ def check_depth(value: Any, max_depth: int) -> None:
             stack.extend((child, depth) for child in children)
 
 
+def check_time(value: datetime) -> None:
+    """Raise :class:`LimitError` for an aware timestamp outside the kept range."""
+    if not EARLIEST_TIME <= value < LATEST_TIME:
+        raise LimitError(
+            f"timestamp {value.isoformat()} is outside {EARLIEST_TIME:%Y}..{LATEST_TIME:%Y} "
+            "(RethinkDB keeps times as doubles: beyond it they lose microseconds)"
+        )
+
+
 def depth_at_most(text: bytes | str, max_depth: int) -> bool:
     """A cheap sufficient test: True when ``text`` cannot nest deeper than ``max_depth``.
 
@@ -149,6 +163,7 @@ def describe() -> dict[str, Any]:
         "max_array_items": MAX_ARRAY_ITEMS,
         "max_safe_integer_in_json": MAX_SAFE_INTEGER,
         "max_body_bytes": MAX_BODY_BYTES,
+        "timestamps": f"from {EARLIEST_TIME.isoformat()} to before {LATEST_TIME.isoformat()}",
         "text": "UTF-8 encodable (no lone surrogates), no NUL (U+0000)",
         "numbers": "finite (no NaN or infinity)",
         "integers": "within +/- max_safe_integer_in_json in integer columns and versions too",

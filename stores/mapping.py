@@ -20,7 +20,14 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from cutover.config import Column, ColumnType, Entity
-from cutover.limits import MAX_CLIENT_ID_CHARS, MAX_SAFE_INTEGER, LimitError, check_json, check_text
+from cutover.limits import (
+    MAX_CLIENT_ID_CHARS,
+    MAX_SAFE_INTEGER,
+    LimitError,
+    check_json,
+    check_text,
+    check_time,
+)
 
 if TYPE_CHECKING:  # the event model is pydantic: not needed to map documents
     from cutover.events import Event
@@ -131,7 +138,8 @@ def _check_json(value: Any) -> Any:
 
 
 def parse_datetime(value: Any) -> datetime:
-    """An aware UTC datetime from a datetime or an RFC 3339 string (naive means UTC)."""
+    """An aware UTC datetime from a datetime or an RFC 3339 string (naive means UTC),
+    within the range both stores keep exactly (:func:`cutover.limits.check_time`)."""
     if isinstance(value, str):
         try:
             value = datetime.fromisoformat(value.replace("Z", "+00:00"))
@@ -140,13 +148,14 @@ def parse_datetime(value: Any) -> datetime:
     if not isinstance(value, datetime):
         raise ValueError(f"expected a timestamp, got {type(value).__name__}")
     if value.tzinfo is None:
-        return value.replace(tzinfo=UTC)
-    if value.tzinfo is UTC:
-        return value
-    try:
-        return value.astimezone(UTC)
-    except OverflowError:  # 0001-01-01T00:00+01:00 or 9999-12-31T23:59-01:00
-        raise ValueError(f"timestamp {value.isoformat()} is out of range in UTC") from None
+        value = value.replace(tzinfo=UTC)
+    elif value.tzinfo is not UTC:
+        try:
+            value = value.astimezone(UTC)
+        except OverflowError:  # 0001-01-01T00:00+01:00 or 9999-12-31T23:59-01:00
+            raise ValueError(f"timestamp {value.isoformat()} is out of range in UTC") from None
+    check_time(value)
+    return value
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,6 +8,7 @@ real check of the limit the legacy sink would hit.
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -26,6 +27,7 @@ from cutover.limits import (
     check_text,
     depth_at_most,
 )
+from stores.mapping import parse_datetime
 
 
 def _nested(depth: int) -> Any:
@@ -114,3 +116,17 @@ def test_depth_fast_path_is_sufficient(text: str) -> None:
     for limit in (2, 5, MAX_DEPTH):
         if depth_at_most(text, limit):
             check_depth(value, limit)
+
+
+@given(st.datetimes(timezones=st.just(UTC)))
+@settings(max_examples=300)
+def test_every_kept_timestamp_survives_a_double_of_epoch_seconds(value: datetime) -> None:
+    """What the mapping accepts comes back to the microsecond from RethinkDB (which keeps
+    a time as a double of epoch seconds, as its driver converts it); what it refuses is
+    refused with the reason."""
+    try:
+        kept = parse_datetime(value)
+    except ValueError as exc:
+        assert "outside 1700..2250" in str(exc)
+        return
+    assert datetime.fromtimestamp(kept.timestamp(), UTC) == kept
