@@ -32,7 +32,7 @@ from rethinkdb.errors import (
 from cutover.config import Config, Entity
 
 from .mapping import Row, document_from_row
-from .sql.store import WriteResult, newest
+from .writes import WriteResult, newest
 
 if TYPE_CHECKING:
     from cutover.settings import Settings

@@ -17,8 +17,8 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from functools import cached_property
-from operator import attrgetter, itemgetter
-from typing import TYPE_CHECKING, Any, TypeVar
+from operator import itemgetter
+from typing import TYPE_CHECKING, Any
 
 import pyodbc
 
@@ -28,6 +28,7 @@ from cutover.redaction import redact
 
 from .. import jsontext
 from ..mapping import MappingError, Row
+from ..writes import WriteResult, newest
 from ._cursors import StatementCursors
 from .dialects import Dialect, get_dialect
 from .schema import (
@@ -43,7 +44,6 @@ if TYPE_CHECKING:
     from cutover.settings import Settings
 
 
-R = TypeVar("R")
 #: A values list's key, and its rank (version, deleted), for :func:`newest`.
 _KEY = itemgetter(0)
 _RANK = itemgetter(2, 3)
@@ -117,15 +117,6 @@ def is_transient(exc: BaseException) -> bool:
         return True
     message = " ".join(str(a) for a in exc.args[1:]).lower()
     return state == "HY000" and any(word in message for word in _TRANSIENT_WORDS)
-
-
-@dataclass(frozen=True)
-class WriteResult:
-    applied: int = 0
-    stale: int = 0
-
-    def __add__(self, other: WriteResult) -> WriteResult:
-        return WriteResult(self.applied + other.applied, self.stale + other.stale)
 
 
 @dataclass(frozen=True)
@@ -205,26 +196,6 @@ class RowEncoder:
             if convert is not None:
                 converted.append((at, convert))
         return tuple(c.name for c in columns), tuple(converted)
-
-
-def newest(
-    rows: Iterable[R],
-    *,
-    key: Callable[[R], str] = attrgetter("key"),
-    rank: Callable[[R], Any] = attrgetter("rank"),
-) -> list[R]:
-    """One row per key: the one that would win (highest ``(version, deleted)``).
-
-    Rows are :class:`Row` objects by default; ``key`` and ``rank`` read them in
-    another shape (the value lists of :meth:`RowEncoder.prepare_values`).
-    """
-    best: dict[str, R] = {}
-    for row in rows:
-        k = key(row)
-        held = best.get(k)
-        if held is None or rank(row) > rank(held):
-            best[k] = row
-    return list(best.values())
 
 
 class SqlStore:
