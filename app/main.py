@@ -12,11 +12,9 @@ raw, percent-encoded path (:mod:`app.paths`), so ids may hold ``/``.
 
 from __future__ import annotations
 
-import importlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
 
 from fastapi import FastAPI
 from fastapi.responses import PlainTextResponse
@@ -40,24 +38,13 @@ from .shadow import MismatchRecorder, ShadowComparer
 
 log = logging.getLogger(__name__)
 
-#: Router modules mounted by every app, in order. The admin API and the web console
-#: add theirs here (``app.api.routes.admin...``, ``app.console...``); a listed module
-#: that is not installed yet is skipped.
-ROUTERS: list[str] = [
-    "app.api.routes.items",
-    "app.api.routes.admin",
-    "app.console.routes",
-]
-
 
 def _include_routers(app: FastAPI) -> None:
-    for name in ROUTERS:
-        try:
-            module: Any = importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name is not None and name.startswith(exc.name):
-                continue  # not built yet
-            raise
+    """The read API, the admin API and the web console, in that order."""
+    from .api.routes import admin, items
+    from .console import routes as console
+
+    for module in (items, admin, console):
         app.include_router(module.router)
 
 

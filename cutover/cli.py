@@ -168,30 +168,22 @@ def events_publish(
 
 
 def _attach_areas() -> None:
-    """Each area owns its subcommands; the root only mounts them."""
+    """Each area owns its subcommands; the root (the shell, above every area) mounts
+    them by explicit imports, so a missing or broken area fails loudly."""
+    from app.cli import serve
+    from backfill.cli import backfill, verify
+    from backfill.jobs_cli import jobs
+    from flags.cli import flags
+    from flags.rollout_cli import rollout
+    from subscribers.cli import subs
+
+    from .demo import demo
     from .services.cli import group as services_group
 
     cli.add_command(services_group, "services")
-    for module, names in _AREAS:
-        try:
-            mod = __import__(module, fromlist=["x"])
-        except ModuleNotFoundError as exc:
-            if exc.name != module:
-                raise
-            continue
-        for name in names:
-            cli.add_command(getattr(mod, name))
+    for command in (subs, backfill, verify, jobs, flags, rollout, serve, demo):
+        cli.add_command(command)
 
-
-_AREAS: list[tuple[str, list[str]]] = [
-    ("subscribers.cli", ["subs"]),
-    ("backfill.cli", ["backfill", "verify"]),
-    ("backfill.jobs_cli", ["jobs"]),
-    ("flags.cli", ["flags"]),
-    ("flags.rollout_cli", ["rollout"]),
-    ("app.cli", ["serve"]),
-    ("cutover.demo", ["demo"]),
-]
 
 _attach_areas()
 

@@ -2,25 +2,18 @@
 
 Each area declares its tables in ``<area>/tables.py`` as ``TABLES``; ``cutover db
 init`` and every worker's start-up create or upgrade them with the entity tables.
+The areas are imported explicitly: a table module that fails to import is an error,
+never a silently missing table.
 """
 
 from __future__ import annotations
 
-import importlib
-
 from stores.sql import Table
-
-AREAS = ("subscribers", "backfill", "flags")
 
 
 def all_tables() -> list[Table]:
-    tables: list[Table] = []
-    for area in AREAS:
-        try:
-            module = importlib.import_module(f"{area}.tables")
-        except ModuleNotFoundError as exc:
-            if exc.name not in (area, f"{area}.tables"):
-                raise
-            continue
-        tables.extend(module.TABLES)
-    return tables
+    from backfill.tables import TABLES as backfill_tables
+    from flags.tables import TABLES as flags_tables
+    from subscribers.tables import TABLES as subscribers_tables
+
+    return [*subscribers_tables, *backfill_tables, *flags_tables]
