@@ -15,36 +15,40 @@ to decide, with the reference path's error message. ``tests/backfill/
 test_line_decoder.py`` compares the two on generated documents, hostile ones included.
 
 The contract's limits (:mod:`cutover.limits`) are the mapping's too, so the fast path
-never takes what they refuse. msgspec itself refuses lone surrogates and numbers out
-of range, and the struct declares the identity and INT limits (2**53, the key
-length); the rest is settled by tests on the bytes, so the common document costs no
-walk over its values:
+never takes what they refuse, and checks them mostly in msgspec's own pass: the
+struct declares the identity and INT limits (2**53, the key length), msgspec refuses
+lone surrogates and numbers out of range, and a JSON column's type is JSON spelled
+out to ``TYPED_LEVELS`` levels with integers within +/- 2**53 and arrays of at most
+``MAX_ARRAY_ITEMS`` items. What is left:
 
-* ``\\u0000`` anywhere (a NUL in some string; JSON cannot spell one otherwise): declined;
-* a JSON column's value is walked with :func:`~cutover.limits.check_json`, exactly as
-  the mapping walks it, only when its document's text might break a limit: more
-  brackets than ``MAX_DEPTH + 1`` (the document's own object and the deepest value
-  allowed; a count of brackets bounds the depth), a run of 16 digits or more (every
-  integer beyond 2**53 has one), or a line long enough to hold an array of more than
-  ``MAX_ARRAY_ITEMS`` items.
+* ``\\u0000`` anywhere (a NUL in some string; JSON cannot spell one otherwise) is
+  found by one byte search and declined;
+* a document the typed decoder refuses (perhaps only because a value nests past the
+  typed levels) is decoded again with untyped JSON columns, whose values are then
+  walked with :func:`~cutover.limits.check_json`, exactly as the mapping walks them;
+  anything refused again is left to the reference path.
 
-(A JSON type spelled out to ``MAX_DEPTH`` levels would let msgspec check all of it in
-C, but building its decoder costs seconds: msgspec walks such a type as a tree.)
+(Typing all ``MAX_DEPTH`` levels would leave nothing to walk, but msgspec walks such a
+type as a tree: its decoder would take seconds to build.)
 """
 
 from __future__ import annotations
 
-from bisect import bisect_right
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
-from itertools import accumulate
-from typing import Annotated, Any
+from typing import Annotated, Any, NewType
 
 import msgspec
 from msgspec.structs import astuple
 
 from cutover.config import Column, ColumnType, Entity
-from cutover.limits import MAX_ARRAY_ITEMS, MAX_DEPTH, MAX_SAFE_INTEGER, LimitError, check_json
+from cutover.limits import (
+    MAX_ARRAY_ITEMS,
+    MAX_CLIENT_ID_CHARS,
+    MAX_SAFE_INTEGER,
+    LimitError,
+    check_json,
+)
 from stores.mapping import Row, parse_datetime
 
 #: Decodes one document's JSON text; None means "use the reference path".
@@ -55,20 +59,28 @@ BlockDecoder = Callable[[Sequence[bytes]], list[list[Any]] | None]
 
 #: A NUL in any string of the text (JSON can only spell it so: raw, it is an error).
 _NUL = b"\\u0000"
-#: Openers (of arrays and objects) as "[", line breaks kept, every other byte deleted.
-_OPENERS = bytes.maketrans(b"{", b"[")
-_NOT_OPENERS = bytes(b for b in range(256) if b not in b"[{\n")
-_DIGITS_AS_ZERO = bytes(0x30 if 0x30 <= b <= 0x39 else 0x20 for b in range(256))
-#: 16 digits: 2**53 has 16, and any number with fewer is below 10**15.
-_LONG_INTEGER = b"0" * 16
-#: A line no longer than this cannot hold an array of more than MAX_ARRAY_ITEMS items.
-_LONG_LINE = 2 * MAX_ARRAY_ITEMS
-#: The document's own object, then the deepest value allowed.
-_MOST_OPENERS = MAX_DEPTH + 1
-_TOO_MANY_OPENERS = b"[" * (_MOST_OPENERS + 1)
+#: Levels of a JSON value whose integers and array sizes msgspec checks itself.
+TYPED_LEVELS = 8
 
 #: Integers a double keeps exactly: the mapping's range for INT columns and versions.
 _SAFE = msgspec.Meta(ge=-MAX_SAFE_INTEGER, le=MAX_SAFE_INTEGER)
+
+
+def _json_type(levels: int) -> Any:
+    """JSON values nested at most ``levels`` deep, with the limits' integers and array
+    sizes. Each level is a NewType: typing hashes a nested union by walking it whole,
+    a NewType by identity."""
+    scalar: Any = None | bool | Annotated[int, _SAFE] | float | str
+    level_type: Any = NewType  # made at run time (mypy wants NewType's name as a literal)
+    t: Any = scalar
+    for level in range(1, levels + 1):
+        items = Annotated[list[t], msgspec.Meta(max_length=MAX_ARRAY_ITEMS)]
+        t = level_type(f"JsonLevel{level}", scalar | items | dict[str, t])
+    return t
+
+
+#: A JSON column's value as msgspec checks it (deeper values: see the module's notes).
+_JSON = _json_type(TYPED_LEVELS)
 
 
 class _Time(msgspec.Struct, rename={"reql_type": "$reql_type$"}):
@@ -78,7 +90,7 @@ class _Time(msgspec.Struct, rename={"reql_type": "$reql_type$"}):
     epoch_time: float
 
 
-def _column_type(column: Column) -> Any:
+def _column_type(column: Column, json_type: Any) -> Any:
     """The msgspec type of a column: the mapping's rule, or stricter."""
     kind = column.type
     t: Any
@@ -93,21 +105,22 @@ def _column_type(column: Column) -> Any:
     elif kind is ColumnType.DATETIME:
         t = str | _Time  # the text is parsed by the mapping's own parse_datetime
     else:
-        t = Any  # the mapping's null check for a non-nullable JSON column is below
+        t = json_type  # the mapping's null check for a non-nullable JSON column is below
     return t | None if column.nullable else t
 
 
-def _document_struct(entity: Entity) -> type[msgspec.Struct] | None:
+def _document_struct(entity: Entity, json_type: Any = _JSON) -> type[msgspec.Struct] | None:
     """The entity's documents as a msgspec struct, fields in the order of the values
-    lists: key, client, version, deleted marker, then the entity's columns. None when
-    its fields cannot be declared to msgspec (two columns reading one field, say)."""
+    lists: key, client, version, deleted marker, then the entity's columns (a JSON
+    column of ``json_type``). None when its fields cannot be declared to msgspec (two
+    columns reading one field, say)."""
     fixed = [entity.key, entity.client, entity.version, entity.deleted_marker]
     sources = [*fixed, *(c.field for c in entity.columns)]
     if len(set(sources)) != len(sources):
         return None
     fields: list[tuple[str, Any] | tuple[str, Any, Any]] = [
         ("f_key", Annotated[str, msgspec.Meta(min_length=1, max_length=entity.key_max_length)]),
-        ("f_client", Annotated[str, msgspec.Meta(min_length=1)]),
+        ("f_client", Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_CLIENT_ID_CHARS)]),
         ("f_version", Annotated[int, msgspec.Meta(ge=0, le=MAX_SAFE_INTEGER)]),
         ("f_deleted", Any, None),
     ]
@@ -116,9 +129,9 @@ def _document_struct(entity: Entity) -> type[msgspec.Struct] | None:
         name = f"c{i}"
         rename[name] = column.field
         if column.nullable:
-            fields.append((name, _column_type(column), None))
+            fields.append((name, _column_type(column, json_type), None))
         else:  # required: a missing field is an error, as the mapping's null check is
-            fields.append((name, _column_type(column)))
+            fields.append((name, _column_type(column, json_type)))
     struct = msgspec.defstruct(f"{entity.name}_document", fields, rename=rename, kw_only=True)
     if struct.__struct_fields__[4:] != tuple(f"c{i}" for i in range(len(entity.columns))):
         return None  # field order is what astuple() relies on
@@ -156,22 +169,28 @@ _DECLINED = (msgspec.DecodeError, UnicodeDecodeError, RecursionError)
 
 def line_decoder(entity: Entity) -> LineDecoder | None:
     """The entity's fast path for one line, or None when it has none."""
-    struct = _document_struct(entity)
-    if struct is None:
+    decoders = _decoders(entity, lambda struct: struct)
+    if decoders is None:
         return None
-    decode = msgspec.json.Decoder(struct).decode
+    typed, untyped, walk = decoders
     finish = _finisher(entity)
-    walk = _json_walk(entity)
     names = tuple(c.name for c in entity.columns)
 
     def decode_line(text: bytes) -> Row | None:
         if _NUL in text:
             return None
         try:
-            values = finish(list(astuple(decode(text))))
+            values = finish(list(astuple(typed(text))))
         except _DECLINED:
-            return None
-        if values is None or (walk is not None and not _certain(text) and not walk(values)):
+            if walk is None:
+                return None
+            try:  # perhaps nested past the typed levels: untyped, then walked
+                values = finish(list(astuple(untyped(text))))
+            except _DECLINED:
+                return None
+            if values is not None and not walk(values):
+                return None
+        if values is None:
             return None
         key, client, version, deleted, *columns = values
         return Row(key, client, version, deleted, dict(zip(names, columns, strict=True)))
@@ -189,62 +208,56 @@ def block_decoder(entity: Entity) -> BlockDecoder | None:
     None as soon as one document is not certain, and the caller reads the block again
     document by document.
     """
-    struct = _document_struct(entity)
-    if struct is None:
+    decoders = _decoders(entity, lambda struct: list[struct])  # type: ignore[valid-type]
+    if decoders is None:
         return None
-    decode = msgspec.json.Decoder(list[struct]).decode  # type: ignore[valid-type]
+    typed, untyped, walk = decoders
     finish = _finisher(entity)
-    walk = _json_walk(entity)
 
     def decode_block(lines: Sequence[bytes]) -> list[list[Any]] | None:
         joined = b"".join(lines)
         if _NUL in joined:
             return None
-        unsure = _unsure_lines(joined, lines) if walk is not None else ()
+        text = b"[" + joined.rstrip().rstrip(b",") + b"]"
+        walked = False
         try:
-            documents = decode(b"[" + joined.rstrip().rstrip(b",") + b"]")
+            documents = typed(text)
         except _DECLINED:
-            return None
+            if walk is None:
+                return None
+            try:  # perhaps a document nested past the typed levels: untyped, then walked
+                documents, walked = untyped(text), True
+            except _DECLINED:
+                return None
         out = []
         for document in documents:
             values = finish(list(astuple(document)))
-            if values is None:
+            if values is None or (walked and walk is not None and not walk(values)):
                 return None
             out.append(values)
-        if walk is not None and not all(walk(out[i]) for i in unsure if i < len(out)):
-            return None
         return out
 
     return decode_block
 
 
-def _certain(text: bytes) -> bool:
-    """True when no JSON value in this document's text can break a limit (see above)."""
-    return (
-        len(text) <= _LONG_LINE
-        and text.count(b"[") + text.count(b"{") <= _MOST_OPENERS
-        and _LONG_INTEGER not in text.translate(_DIGITS_AS_ZERO)
-    )
-
-
-def _unsure_lines(joined: bytes, lines: Sequence[bytes]) -> set[int] | tuple[()]:
-    """The lines of a block whose JSON values must be walked: :func:`_certain` for
-    every line at once, in a few C-level passes over the block (each line ends with
-    its line break, and JSON text holds no other)."""
-    openers = joined.translate(_OPENERS, _NOT_OPENERS)
-    digits = joined.translate(_DIGITS_AS_ZERO)
-    long_lines = max(map(len, lines), default=0) > _LONG_LINE
-    if _TOO_MANY_OPENERS not in openers and _LONG_INTEGER not in digits and not long_lines:
-        return ()
-    unsure = {i for i, found in enumerate(openers.split(b"\n")) if len(found) > _MOST_OPENERS}
-    unsure.update(i for i, line in enumerate(lines) if len(line) > _LONG_LINE)
-    ends = list(accumulate(map(len, lines)))
-    at = digits.find(_LONG_INTEGER)
-    while at >= 0:
-        i = bisect_right(ends, at)
-        unsure.add(i)
-        at = digits.find(_LONG_INTEGER, ends[i]) if i < len(ends) else -1
-    return unsure
+def _decoders(
+    entity: Entity, shape: Callable[[Any], Any]
+) -> (
+    tuple[Callable[[bytes], Any], Callable[[bytes], Any], Callable[[list[Any]], bool] | None] | None
+):
+    """The entity's decoder with JSON columns typed to ``TYPED_LEVELS``, the one with
+    JSON columns untyped (for documents that may nest deeper, walked after), and the
+    walk (None, and one decoder twice, when the entity has no JSON column)."""
+    typed = _document_struct(entity)
+    if typed is None:
+        return None
+    decode = msgspec.json.Decoder(shape(typed)).decode
+    walk = _json_walk(entity)
+    if walk is None:
+        return decode, decode, None
+    untyped = _document_struct(entity, Any)
+    assert untyped is not None  # the same fields as the typed one
+    return decode, msgspec.json.Decoder(shape(untyped)).decode, walk
 
 
 def _json_walk(entity: Entity) -> Callable[[list[Any]], bool] | None:
@@ -287,7 +300,7 @@ def _datetime(value: str | _Time) -> Any:
         return parse_datetime(value)
     if value.reql_type != "TIME":
         return _UNSURE
-    return datetime.fromtimestamp(value.epoch_time, tz=UTC)
+    return parse_datetime(datetime.fromtimestamp(value.epoch_time, tz=UTC))  # its range
 
 
 def _json_value(value: Any) -> Any:

@@ -45,7 +45,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from cutover.config import Entity
-from cutover.limits import LimitError, check_text
+from cutover.limits import MAX_CLIENT_ID_CHARS, LimitError, check_text
 from stores import jsontext
 from stores.mapping import Row
 
@@ -352,7 +352,7 @@ def _client_partition(client: str, est_rows: int) -> PlannedPartition:
     and each is reported (the mapping refuses such an id), and nothing about it has to
     fit a bookkeeping column.
     """
-    if len(client) <= 255:
+    if len(client) <= MAX_CLIENT_ID_CHARS:
         try:
             check_text(client)
             return PlannedPartition(

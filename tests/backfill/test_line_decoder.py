@@ -333,6 +333,9 @@ def test_hostile_export_lines_map_as_the_reference_or_are_declined(lines: list[b
         '"count": 9007199254740993',
         '"version": 9007199254740993',
         '"id": "' + "k" * 256 + '"',
+        '"client_id": "' + "c" * 256 + '"',  # a later duplicate wins, in both paths
+        '"at": {"$reql_type$": "TIME", "epoch_time": 8835955200.0}',  # 2250: out of range
+        '"at": "2249-12-31T23:59:59Z"',
         '"extra": ' + "[" * 10_000 + "]" * 10_000,
     ],
 )
