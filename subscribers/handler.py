@@ -14,13 +14,15 @@ construction rather than by a list of known errors:
   A failure of a store (connection, timeout, deadlock, authentication, shutdown, a
   missing table) propagates: the batch is redelivered later and nothing is recorded as
   poison. Any other failure was caused by some message: the batch is split in halves,
-  each committed on its own, until the message responsible is alone; it is recorded as
-  poison with the reason once a trivial read shows the store itself works
-  (:func:`~subscribers.sinks.blame`). Every part is classified again, so a store that
-  fails during a split still nacks the whole batch; the parts already committed are
-  re-applied as stale when it comes back. RethinkDB writes are not transactional: a
-  failed part may have written some of its rows, and writing them again changes
-  nothing (the version rules), they count as stale.
+  each committed on its own, until the message responsible is alone; alone, it is
+  written once more (a glitch of a driver or server, such as a garbled reply, does not
+  repeat) and, failing again, recorded as poison with the reason once a trivial read
+  shows the store itself works (:func:`~subscribers.sinks.blame`). Every part is
+  classified again, so a store that fails during a split still nacks the whole
+  batch; the parts already committed are re-applied as stale when it comes back.
+  RethinkDB writes are not transactional: a failed part may have written some of its
+  rows, and writing them again changes nothing (the version rules), they count as
+  stale.
 - Recording a poison entry cleans what it stores (:func:`~subscribers.failures.record`).
   Should the failure log still refuse an entry, a plain one (ASCII text, the body in
   base64, no attributes) is recorded instead, so the body is never lost.
@@ -195,6 +197,12 @@ class BatchHandler:
             return outcome
         [item] = items
         if item.row is not None:
+            try:  # once more alone: a glitch of a driver or server does not repeat
+                return self._transaction(items)
+            except Exception as again:
+                if self.sink.store_failure(again):
+                    raise
+                exc = again
             item.fail(blame(self.sink, self.entity, exc))
         elif not item.plain:
             item.plain = True
