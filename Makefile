@@ -25,10 +25,11 @@ demo: setup  ## Full migration rehearsal on embedded defaults (KEEP=1 keeps serv
 test: setup  ## Run the test suite against real local servers
 	$(BIN)/pytest $(ARGS)
 
-lint: setup  ## ruff and mypy
+lint: setup  ## ruff, mypy and the layering contract (import-linter)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 bench: setup  ## Benchmarks: JSON in bench-results/, each figure as a ratio to its baseline
 	$(PY) -m bench $(ARGS)

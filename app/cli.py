@@ -31,7 +31,7 @@ def serve(host: str | None, port: int | None, workers: int, log_level: str) -> N
     """
     import uvicorn
 
-    from cutover.settings import Settings
+    from core.settings import Settings
 
     settings = Settings()
     uvicorn.run(

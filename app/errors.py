@@ -19,7 +19,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from cutover.redaction import redact
+from core.redaction import redact
 from stores.mapping import MappingError
 from stores.rethink import RethinkUnavailable
 from stores.sql import StoreUnavailable

@@ -31,9 +31,9 @@ from typing import Any
 
 from prometheus_client import Counter
 
-from cutover.redaction import redact
-from cutover.runtime import Runtime
-from cutover.settings import Settings
+from core.redaction import redact
+from core.settings import Settings
+from stores.runtime import Runtime
 
 log = logging.getLogger(__name__)
 
@@ -138,7 +138,7 @@ class FirstUse:
         assert self.runtime is not None
         try:
             if self._publisher is None:
-                from cutover import pubsub
+                from core import pubsub
 
                 self._publisher = pubsub.publisher(self.runtime.settings, ordering=False)
             done = enqueue(

@@ -20,11 +20,11 @@ from fastapi import FastAPI
 from fastapi.responses import PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from cutover.runtime import Runtime
-from cutover.settings import Settings
+from core.settings import Settings
 from flags.evaluator import StageReader, StageSource
 from flags.rollout_outcomes import CountReadOutcomes
 from stores.rethink import RethinkStore
+from stores.runtime import Runtime
 from stores.sql import SqlStore
 
 from .admin.health import HealthCache, check_dependencies

@@ -24,7 +24,7 @@ from fastapi import HTTPException, Request, Response
 from fastapi.routing import APIRoute
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from cutover.limits import LimitError, check_text
+from core.limits import LimitError, check_text
 
 #: A ``%`` not followed by two hex digits.
 _BAD_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")

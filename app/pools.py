@@ -26,7 +26,7 @@ from typing import Any, TypeVar
 
 from prometheus_client import Counter, Gauge
 
-from cutover.settings import Settings
+from core.settings import Settings
 
 from .reads import StoreName
 

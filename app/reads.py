@@ -12,7 +12,7 @@ millisecond (RethinkDB keeps no finer), integral numbers inside JSON as integers
 
 Every live row read from either store passes one check before it is served
 (:meth:`ReadModel._served`): it must map to the entity and stay within the contract's
-limits (:mod:`cutover.limits`), as everything written through cutover does. A row that
+limits (:mod:`core.limits`), as everything written through cutover does. A row that
 does not (written around cutover, or before the limits existed) raises
 :class:`StoredValueInvalid` naming the entity, key and field, never the value: the API
 answers 503 for that item, and for any page that would hold it. So presenting and
@@ -32,8 +32,7 @@ from typing import Any, Literal
 
 from prometheus_client import Counter
 
-from cutover.config import ColumnType, Entity
-from cutover.runtime import Runtime
+from core.config import ColumnType, Entity
 from stores.mapping import (
     MappingError,
     Row,
@@ -43,6 +42,7 @@ from stores.mapping import (
     row_from_document,
 )
 from stores.rethink import RethinkStore
+from stores.runtime import Runtime
 from stores.sql import SqlStore
 
 log = logging.getLogger(__name__)

@@ -28,9 +28,9 @@ from typing import Any
 
 from prometheus_client import Counter
 
-from cutover.clock import now_utc
-from cutover.config import Entity
-from cutover.settings import Settings
+from core.clock import now_utc
+from core.config import Entity
+from core.settings import Settings
 from flags.evidence import Counts, EvidenceBuffer
 from flags.stages import Stage
 from flags.tables import MISMATCHES

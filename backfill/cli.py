@@ -18,8 +18,8 @@ from typing import Any
 
 import click
 
-from cutover.clock import now_utc
-from cutover.runtime import Runtime
+from core.clock import now_utc
+from stores.runtime import Runtime
 
 from . import control, ledger
 from .partitions import PENDING, RestartRefused, partitions_of, runs_for
@@ -402,9 +402,9 @@ class _Standalone(click.Group):
     """
 
     def invoke(self, ctx: click.Context) -> Any:
-        from cutover.config import ConfigError
-        from cutover.events import EventError
-        from cutover.redaction import redact
+        from core.config import ConfigError
+        from core.events import EventError
+        from core.redaction import redact
         from stores.mapping import MappingError
         from stores.rethink import RethinkUnavailable
         from stores.sql import StoreUnavailable

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from cutover.clock import now_utc
+from core.clock import now_utc
 from stores.sql import SqlStore, bookkeeping
 
 from .tables import CONTROL

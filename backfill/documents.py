@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from cutover.config import Entity
+from core.config import Entity
 from stores.mapping import MappingError, Row, row_from_document
 
 
@@ -111,7 +111,7 @@ def map_documents(
 
     A document may already be a :class:`Row` (mapped by the reader's fast path) or an
     :class:`Unreadable`. The mapping refuses whatever is outside the contract's limits
-    (:mod:`cutover.limits`); any other failure to map one document is its own bad
+    (:mod:`core.limits`); any other failure to map one document is its own bad
     record too, never the batch's.
     """
     rows: list[Row] = []

@@ -29,7 +29,7 @@ from typing import Any
 
 import msgspec
 
-from cutover.config import Entity
+from core.config import Entity
 
 from .sources import DocStream, ExportSource, PlannedPartition, find_table_file
 

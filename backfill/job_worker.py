@@ -63,11 +63,11 @@ from typing import Any, NoReturn
 import pyodbc
 from google.api_core import exceptions as gexc
 
-from cutover import pubsub
-from cutover.config import Entity, Jobs
-from cutover.redaction import redact
-from cutover.runtime import Runtime
+from core import pubsub
+from core.config import Entity, Jobs
+from core.redaction import redact
 from stores.rethink import RethinkUnavailable
+from stores.runtime import Runtime
 from stores.sql import StoreUnavailable
 
 from . import jobs, ledger

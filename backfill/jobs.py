@@ -31,11 +31,11 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from cutover.clock import now_utc
-from cutover.config import Config, ConfigError
-from cutover.limits import LimitError, check_text
-from cutover.redaction import redact
-from cutover.runtime import Runtime
+from core.clock import now_utc
+from core.config import Config, ConfigError
+from core.limits import LimitError, check_text
+from core.redaction import redact
+from stores.runtime import Runtime
 from stores.sql import SqlStore, bookkeeping
 
 from . import ledger
@@ -208,7 +208,7 @@ def enqueue(
     :func:`claim_enqueue`). A publish that fails gives the claim back and is raised
     after the others have settled, so nothing is silently left unqueued.
     """
-    from cutover import pubsub
+    from core import pubsub
 
     cfg = runtime.cfg
     jobs_cfg = cfg.jobs_or_error()

@@ -13,9 +13,9 @@ from typing import Any
 
 import click
 
-from cutover.config import Entity
-from cutover.redaction import redact
-from cutover.runtime import Runtime
+from core.config import Entity
+from core.redaction import redact
+from stores.runtime import Runtime
 
 from . import jobs as jobs_mod
 from . import ledger

@@ -27,8 +27,8 @@ from prometheus_client import REGISTRY
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from cutover.redaction import redact
-from cutover.runtime import Runtime
+from core.redaction import redact
+from stores.runtime import Runtime
 
 from .jobs import STATES, JobsStatus, status
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from cutover.clock import now_utc
+from core.clock import now_utc
 from stores.sql import Dialect, SqlStore, bookkeeping
 
 from .tables import LEDGER, TABLES

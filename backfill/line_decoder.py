@@ -14,7 +14,7 @@ range, a tombstone with odd fields) it hands back as ``None`` for the reference 
 to decide, with the reference path's error message. ``tests/backfill/
 test_line_decoder.py`` compares the two on generated documents, hostile ones included.
 
-The contract's limits (:mod:`cutover.limits`) are the mapping's too, so the fast path
+The contract's limits (:mod:`core.limits`) are the mapping's too, so the fast path
 never takes what they refuse, and checks them mostly in msgspec's own pass: the
 struct declares the identity and INT limits (2**53, the key length), msgspec refuses
 lone surrogates and numbers out of range, and a JSON column's type is JSON spelled
@@ -25,7 +25,7 @@ out to ``TYPED_LEVELS`` levels with integers within +/- 2**53 and arrays of at m
   found by one byte search and declined;
 * a document the typed decoder refuses (perhaps only because a value nests past the
   typed levels) is decoded again with untyped JSON columns, whose values are then
-  walked with :func:`~cutover.limits.check_json`, exactly as the mapping walks them;
+  walked with :func:`~core.limits.check_json`, exactly as the mapping walks them;
   anything refused again is left to the reference path.
 
 (Typing all ``MAX_DEPTH`` levels would leave nothing to walk, but msgspec walks such a
@@ -41,8 +41,8 @@ from typing import Annotated, Any, NewType
 import msgspec
 from msgspec.structs import astuple
 
-from cutover.config import Column, ColumnType, Entity
-from cutover.limits import (
+from core.config import Column, ColumnType, Entity
+from core.limits import (
     MAX_ARRAY_ITEMS,
     MAX_CLIENT_ID_CHARS,
     MAX_SAFE_INTEGER,

@@ -1,6 +1,6 @@
 """Rows the SQL server refuses for their data, found by splitting the batch.
 
-The mapping keeps every value within the contract's limits (:mod:`cutover.limits`),
+The mapping keeps every value within the contract's limits (:mod:`core.limits`),
 so a server should take every mapped row. When one does not (a key longer than its
 column, a character its driver cannot encode, a server with a rule of its own), the
 copy must not stop on that row, nor drop its neighbours: the batch is split in halves,
@@ -22,8 +22,8 @@ from typing import Any
 
 import pyodbc
 
-from cutover.config import Entity
-from cutover.redaction import redact
+from core.config import Entity
+from core.redaction import redact
 from stores.sql import PreparedRows, SqlStore
 
 from .documents import BadDoc, bad_document

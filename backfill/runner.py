@@ -29,8 +29,8 @@ from typing import Any, TypeVar
 
 import pyodbc
 
-from cutover.clock import now_utc
-from cutover.config import Entity
+from core.clock import now_utc
+from core.config import Entity
 from stores.rethink import RethinkUnavailable
 from stores.sql import SqlStore, StoreUnavailable, bookkeeping
 

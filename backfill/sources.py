@@ -44,8 +44,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from cutover.config import Entity
-from cutover.limits import MAX_CLIENT_ID_CHARS, LimitError, check_text
+from core.config import Entity
+from core.limits import MAX_CLIENT_ID_CHARS, LimitError, check_text
 from stores import jsontext
 from stores.mapping import Row
 

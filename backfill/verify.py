@@ -36,8 +36,8 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
 
-from cutover.clock import now_utc
-from cutover.config import Entity
+from core.clock import now_utc
+from core.config import Entity
 from stores.mapping import MappingError, Row, differing_fields, row_from_document
 from stores.sql import SqlStore, bookkeeping
 from stores.sql.schema import DELETED

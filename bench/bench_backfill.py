@@ -39,8 +39,8 @@ from typing import Any
 from backfill.runner import Backfill, Options
 from backfill.sources import ExportSource, write_export
 from backfill.verify import Verifier
+from core.config import Config, Entity, load_config
 from cutover import services
-from cutover.config import Config, Entity, load_config
 from cutover.services.postgres import create_database
 from cutover.synthetic import client_ids, key_for, synthetic_data
 from stores.mapping import row_from_document
@@ -112,7 +112,7 @@ def native_bulk_write(
 
 def mapped_rows(store: SqlStore, entity: Entity, path: Path) -> list[tuple[Any, ...]]:
     """The rows the backfill writes, bound as the store binds them (outside any timing)."""
-    from cutover.clock import now_utc
+    from core.clock import now_utc
 
     to_db = store.dialect.to_db
     table = store.table(entity)

@@ -73,9 +73,9 @@ def serve(specs: list[str]) -> None:
     import uvicorn
 
     from app.main import create_app
-    from cutover.runtime import Runtime
     from flags.evaluator import FixedStage
     from flags.stages import Stage
+    from stores.runtime import Runtime
 
     servers = []
     for spec in specs:
@@ -209,13 +209,13 @@ def reads(args: argparse.Namespace) -> int:
     """Figures 1 and 2: latency by stage, flag overhead, propagation."""
     import pyodbc
 
+    from core.config import load_config
+    from core.settings import Settings
     from cutover import services
-    from cutover.config import load_config
-    from cutover.runtime import Runtime
-    from cutover.settings import Settings
     from cutover.synthetic import generate_history, reference
     from flags.service import FlagService
     from flags.stages import Stage
+    from stores.runtime import Runtime
 
     work = Path(tempfile.mkdtemp(prefix="cutover-bench-flags-"))
     work.chmod(0o711)  # PostgreSQL runs as its own user and must enter its folder
@@ -485,8 +485,8 @@ def scale(args: argparse.Namespace) -> int:
     from UnleashClient import UnleashClient
     from UnleashClient.utils import InstanceAllowType
 
+    from core.settings import Settings
     from cutover import services
-    from cutover.settings import Settings
     from flags.evaluator import StageReader, evaluate_stage
     from flags.stages import CONTEXT_FIELD, Stage, StageRule, StageRules, flag_name
     from flags.unleash_admin import UnleashAdmin

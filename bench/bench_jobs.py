@@ -34,8 +34,8 @@ from pathlib import Path
 from typing import Any
 
 from bench.bench_backfill import documents
+from core.config import load_config
 from cutover import services
-from cutover.config import load_config
 from cutover.services.postgres import create_database
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -37,14 +37,14 @@ from typing import Any
 
 from google.cloud import pubsub_v1
 
+from core.config import load_config, parse_config
+from core.settings import Settings
 from cutover import pubsub, services
-from cutover.config import load_config, parse_config
-from cutover.runtime import Runtime
 from cutover.services.postgres import create_database
-from cutover.settings import Settings
 from cutover.synthetic import generate_history, reference, with_faults
 from cutover.tables import all_tables
 from stores.mapping import row_from_event
+from stores.runtime import Runtime
 from stores.sql import SqlStore
 from subscribers import counters, manage
 
@@ -70,7 +70,7 @@ def bench_config(path: Path) -> Path:
 def publish(settings: Settings, events: list[Any], chunk: int = 1000) -> None:
     """Publish with the contract's body, attributes and ordering keys, 1,000 per request.
 
-    Not ``cutover.pubsub.publish_events``: with ordering keys the high-level client
+    Not ``core.pubsub.publish_events``: with ordering keys the high-level client
     sends one request per key, and shuffled events have thousands of keys; against the
     local server that alone takes ~10 minutes for 50,000 events. One Publish request may
     carry messages of many ordering keys (the API keeps order per key within it), so

@@ -14,16 +14,15 @@ from typing import Any
 
 import click
 
+from core.config import ConfigError
+from core.eventfile import read_events
+from core.events import EventError, event_schema
+from core.redaction import redact
 from stores.mapping import MappingError
 from stores.rethink import RethinkUnavailable
+from stores.runtime import Runtime
 from stores.sql import StoreUnavailable, get_dialect
 from stores.sql.schema import create_table_sql, entity_table
-
-from .config import ConfigError
-from .eventfile import read_events
-from .events import EventError, event_schema
-from .redaction import redact
-from .runtime import Runtime
 
 KNOWN_ERRORS = (ConfigError, StoreUnavailable, RethinkUnavailable, EventError, MappingError)
 
@@ -136,7 +135,8 @@ def events_publish(
     (a U+2028 inside a string is part of the string); blank lines and a \\r before
     the \\n are ignored.
     """
-    from .pubsub import ensure_topic, publish_events, publisher
+    from core.pubsub import ensure_topic, publish_events, publisher
+
     from .synthetic import generate_history
 
     rt = Runtime()

@@ -32,13 +32,13 @@ import click
 import httpx
 from rich.console import Console
 
+from core.events import Event
+from core.pubsub import ensure_topic, publish_events, publisher, topic_path
+from core.settings import Settings
 from stores.mapping import Row, document_from_row, row_from_document
+from stores.runtime import Runtime
 
 from . import services
-from .events import Event
-from .pubsub import ensure_topic, publish_events, publisher, topic_path
-from .runtime import Runtime
-from .settings import Settings
 from .synthetic import generate_history, reference, with_faults
 
 console = Console(highlight=False)

@@ -13,10 +13,9 @@ from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
+from core.config import ColumnType, Entity
+from core.events import Event
 from stores.mapping import Row, row_from_event
-
-from .config import ColumnType, Entity
-from .events import Event
 
 _EPOCH = datetime(2024, 1, 1, tzinfo=UTC)
 

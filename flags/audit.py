@@ -19,7 +19,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from cutover.clock import now_utc
+from core.clock import now_utc
 from stores.mapping import parse_datetime
 from stores.sql import SqlStore, StoreUnavailable, Table
 

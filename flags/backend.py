@@ -9,8 +9,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Protocol
 
-from cutover.config import ConfigError
-from cutover.settings import Settings
+from core.config import ConfigError
+from core.settings import Settings
 
 from .stages import EntityFlags, Stage, StageRule
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from cutover.redaction import redact
+from core.redaction import redact
 
 from .evidence_cli import evidence as evidence_command
 from .gate import GateRefused
@@ -31,7 +31,7 @@ class _FlagsGroup(click.Group):
 
 
 def _service() -> Any:
-    from cutover.runtime import Runtime
+    from stores.runtime import Runtime
 
     from .service import FlagService
 

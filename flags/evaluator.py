@@ -37,7 +37,7 @@ from UnleashClient.constants import FEATURES_URL
 from UnleashClient.events import BaseEvent, UnleashEventType
 from UnleashClient.utils import InstanceAllowType
 
-from cutover.settings import Settings
+from core.settings import Settings
 
 from .file_backend import flag_file, load_snapshot, write_atomically
 from .stages import CONTEXT_FIELD, FlagError, Stage, flag_name

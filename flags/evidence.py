@@ -41,14 +41,14 @@ from dataclasses import astuple, dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Generic, Self, TypeVar
 
-from cutover.clock import now_utc
+from core.clock import now_utc
 from stores import jsontext
 from stores.sql import SqlStore, Table, bookkeeping
 
 from .tables import EVIDENCE, OUTCOMES
 
 if TYPE_CHECKING:
-    from cutover.settings import Settings
+    from core.settings import Settings
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ from dataclasses import replace
 
 import click
 
-from cutover.clock import now_utc
+from core.clock import now_utc
 
 from .evidence import ClientEvidence, ShadowPolicy, evidence_of_all, shadow_verdict, span, totals
 
@@ -44,7 +44,7 @@ def evidence(
     mismatch rate of at most CUTOVER_GATE_MAX_SHADOW_MISMATCH_RATE per client. Counts
     reach the SQL store within CUTOVER_SHADOW_EVIDENCE_FLUSH_S of each comparison.
     """
-    from cutover.runtime import Runtime
+    from stores.runtime import Runtime
 
     rt = Runtime()
     try:

@@ -20,7 +20,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from cutover.settings import Settings
+from core.settings import Settings
 
 from .stages import (
     DEFAULT_LIST_LIMIT,

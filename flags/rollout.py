@@ -67,9 +67,9 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from cutover.clock import now_utc
-from cutover.redaction import redact
-from cutover.runtime import Runtime
+from core.clock import now_utc
+from core.redaction import redact
+from stores.runtime import Runtime
 from stores.sql import StoreUnavailable
 
 from . import rollout_state as state

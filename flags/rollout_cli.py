@@ -15,7 +15,7 @@ from typing import Any
 
 import click
 
-from cutover.redaction import redact
+from core.redaction import redact
 
 from .gate import GateRefused
 from .rollout_state import ACTIVE, DONE, RolloutError
@@ -36,7 +36,7 @@ class _RolloutGroup(click.Group):
 
 
 def _rollout(actor: str | None = None) -> Any:
-    from cutover.runtime import Runtime
+    from stores.runtime import Runtime
 
     from .rollout import Rollout
 

@@ -28,8 +28,8 @@ from urllib.parse import unquote_to_bytes
 from .evidence import OUTCOME_STAGES, OutcomeBuffer
 
 if TYPE_CHECKING:
-    from cutover.runtime import Runtime
-    from cutover.settings import Settings
+    from core.settings import Settings
+    from stores.runtime import Runtime
 
     from .evaluator import StageSource
 

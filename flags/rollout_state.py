@@ -20,7 +20,7 @@ lease: its run died, ``rollout run`` resumes it); ``paused`` waits for ``rollout
 operator paused it); ``done``, ``aborted`` and ``stopped`` (the flags were changed
 outside the plan: the kill switch, an edit in Unleash's UI) have ended.
 
-The lease's times are the machine's clock (:func:`cutover.clock.now_utc`); the plan's
+The lease's times are the machine's clock (:func:`core.clock.now_utc`); the plan's
 own times (phases, bake) come from the run's clock, which tests may replace.
 """
 
@@ -32,7 +32,7 @@ from dataclasses import dataclass, fields
 from datetime import datetime, timedelta
 from typing import Any
 
-from cutover.clock import now_utc
+from core.clock import now_utc
 from stores.sql import SqlStore, bookkeeping
 
 from .tables import ROLLOUT_EVENTS, ROLLOUT_PLANS

@@ -23,10 +23,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from cutover.clock import now_utc
-from cutover.redaction import redact
-from cutover.runtime import Runtime
+from core.clock import now_utc
+from core.redaction import redact
 from stores.rethink import RethinkUnavailable
+from stores.runtime import Runtime
 from stores.sql import StoreUnavailable
 
 from .audit import AuditLog, Change, CohortStep

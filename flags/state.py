@@ -13,7 +13,7 @@ not from an SDK cache, and any failure to read it raises: a guard must fail clos
 
 from __future__ import annotations
 
-from cutover.runtime import Runtime
+from stores.runtime import Runtime
 
 from .backend import FlagBackend, backend_for
 from .stages import Stage

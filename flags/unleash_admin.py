@@ -27,8 +27,8 @@ from urllib.parse import quote
 
 import httpx
 
-from cutover.redaction import redact
-from cutover.settings import Settings
+from core.redaction import redact
+from core.settings import Settings
 
 from .stages import (
     CONTEXT_FIELD,

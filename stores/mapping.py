@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from cutover.config import Column, ColumnType, Entity
-from cutover.limits import (
+from core.config import Column, ColumnType, Entity
+from core.limits import (
     MAX_CLIENT_ID_CHARS,
     MAX_SAFE_INTEGER,
     LimitError,
@@ -30,7 +30,7 @@ from cutover.limits import (
 )
 
 if TYPE_CHECKING:  # the event model is pydantic: not needed to map documents
-    from cutover.events import Event
+    from core.events import Event
 
 
 class MappingError(ValueError):
@@ -130,7 +130,7 @@ def _checker(column: Column) -> Check:
 
 
 def _check_json(value: Any) -> Any:
-    """JSON columns take any JSON value within the contract's limits (:mod:`cutover.limits`)."""
+    """JSON columns take any JSON value within the contract's limits (:mod:`core.limits`)."""
     if value is True or value is False:
         return value
     check_json(value)
@@ -139,7 +139,7 @@ def _check_json(value: Any) -> Any:
 
 def parse_datetime(value: Any) -> datetime:
     """An aware UTC datetime from a datetime or an RFC 3339 string (naive means UTC),
-    within the range both stores keep exactly (:func:`cutover.limits.check_time`)."""
+    within the range both stores keep exactly (:func:`core.limits.check_time`)."""
     if isinstance(value, str):
         try:
             value = datetime.fromisoformat(value.replace("Z", "+00:00"))
@@ -206,7 +206,7 @@ def map_values(
 
 
 def check_identity(entity: Entity, key: str, client_id: str) -> None:
-    """A key and a client id the stores and the API can all carry (:mod:`cutover.limits`).
+    """A key and a client id the stores and the API can all carry (:mod:`core.limits`).
 
     The key also fits the SQL key column (``key_max_length``): RethinkDB would take a
     longer one that the SQL store refuses, and the stores would diverge.

@@ -29,13 +29,13 @@ from rethinkdb.errors import (
     ReqlTimeoutError,
 )
 
-from cutover.config import Config, Entity
+from core.config import Config, Entity
 
 from .mapping import Row, document_from_row
 from .writes import WriteResult, newest
 
 if TYPE_CHECKING:
-    from cutover.settings import Settings
+    from core.settings import Settings
 
 r = RethinkDB()
 

@@ -13,8 +13,8 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from cutover.redaction import redact
-from cutover.runtime import Runtime
+from core.redaction import redact
+from stores.runtime import Runtime
 
 _ACTOR = click.option("--actor", help="Who to record in the audit log (default: the OS user).")
 
@@ -455,7 +455,7 @@ def failures_purge(
     nothing; a real run deletes in short transactions and is written to the audit log.
     Entries of subscriptions the config does not declare are counted and kept.
     """
-    from cutover.clock import now_utc
+    from core.clock import now_utc
 
     from .retention import plan, purge
     from .tables import TABLES

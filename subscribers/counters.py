@@ -13,7 +13,7 @@ from typing import Any
 
 import pyodbc
 
-from cutover.clock import now_utc
+from core.clock import now_utc
 from stores.sql import SqlStore, StatementCursors, bookkeeping
 
 from .tables import COUNTERS

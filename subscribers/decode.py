@@ -6,16 +6,16 @@ exactly as it was when it first arrived.
 
 from __future__ import annotations
 
-from cutover.config import Config, Entity
-from cutover.events import Event, EventError, parse_event
-from cutover.redaction import redact
+from core.config import Config, Entity
+from core.events import Event, EventError, parse_event
+from core.redaction import redact
 from stores.mapping import MappingError, Row, row_from_event
 
 
 def decode(config: Config, entity: Entity, data: bytes | str) -> tuple[Event, Row]:
     """Parse the contract, then map to the subscription's entity.
 
-    Raises :class:`~cutover.events.EventError` (not UTF-8, not JSON, fails the
+    Raises :class:`~core.events.EventError` (not UTF-8, not JSON, fails the
     contract) or :class:`~stores.mapping.MappingError` (unknown entity, an event of
     another entity on this subscription, a value of the wrong type). Anything else it
     raises is a bug for that one body; callers contain it with :func:`reason`.

@@ -28,12 +28,12 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 
-from cutover.clock import now_utc
-from cutover.config import ConfigError, Subscription
-from cutover.events import EventError
-from cutover.redaction import redact
-from cutover.runtime import Runtime
+from core.clock import now_utc
+from core.config import ConfigError, Subscription
+from core.events import EventError
+from core.redaction import redact
 from stores.mapping import Row
+from stores.runtime import Runtime
 from stores.sql import SqlStore, StatementCursors, StoreUnavailable, bookkeeping
 
 from . import audit

@@ -35,11 +35,11 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol
 
-from cutover.events import Event
-from cutover.redaction import redact
-from cutover.runtime import Runtime
+from core.events import Event
+from core.redaction import redact
 from cutover.tables import all_tables
 from stores.mapping import Row
+from stores.runtime import Runtime
 from stores.sql import WriteResult
 
 from . import counters, failures

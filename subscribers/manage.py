@@ -24,11 +24,11 @@ from google.api_core import exceptions as gexc
 from google.cloud import pubsub_v1
 from google.protobuf import duration_pb2
 
-from cutover import pubsub
-from cutover.config import ConfigError, Entity, Subscription
-from cutover.redaction import redact
-from cutover.runtime import Runtime
-from cutover.settings import Settings
+from core import pubsub
+from core.config import ConfigError, Entity, Subscription
+from core.redaction import redact
+from core.settings import Settings
+from stores.runtime import Runtime
 from stores.sql import StoreUnavailable
 
 from . import audit, counters

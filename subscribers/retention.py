@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from cutover.config import Config, Subscription
+from core.config import Config, Subscription
 from stores.sql import Dialect, SqlStore
 
 from . import audit

@@ -26,11 +26,11 @@ from typing import Literal, Protocol
 import pyodbc
 from rethinkdb import errors as reql
 
-from cutover.config import Entity, Subscription
-from cutover.redaction import redact
-from cutover.runtime import Runtime
+from core.config import Entity, Subscription
+from core.redaction import redact
 from stores.mapping import Row
 from stores.rethink import RethinkStore, RethinkUnavailable
+from stores.runtime import Runtime
 from stores.sql import SqlStore, StatementCursors, StoreUnavailable, WriteResult, is_transient
 
 #: SQLSTATE classes of a store problem, not of a value: connection (08), authorization

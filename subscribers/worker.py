@@ -37,10 +37,10 @@ from google.cloud import pubsub_v1
 from google.cloud.pubsub_v1.subscriber.scheduler import Scheduler
 from prometheus_client import CollectorRegistry
 
-from cutover import pubsub
-from cutover.clock import now_utc
-from cutover.redaction import redact
-from cutover.runtime import Runtime
+from core import pubsub
+from core.clock import now_utc
+from core.redaction import redact
+from stores.runtime import Runtime
 
 from .handler import BatchHandler
 from .metrics import WorkerMetrics

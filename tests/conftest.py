@@ -19,10 +19,10 @@ from pathlib import Path
 import pyodbc
 import pytest
 
+from core.config import Config, load_config
+from core.settings import Settings
 from cutover import services
-from cutover.config import Config, load_config
 from cutover.services.postgres import create_database
-from cutover.settings import Settings
 from stores.rethink import RethinkStore
 from stores.sql import SqlStore
 

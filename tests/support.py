@@ -8,11 +8,11 @@ from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager, suppress
 from typing import Any
 
-from cutover.config import Config
-from cutover.runtime import Runtime
-from cutover.settings import Settings
+from core.config import Config
+from core.settings import Settings
 from cutover.synthetic import generate_history, reference
 from stores.mapping import Row
+from stores.runtime import Runtime
 from stores.sql import SqlStore, bookkeeping
 from subscribers.tables import FAILURES
 

@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from cutover import pubsub
+from core import pubsub
+from core.events import parse_event
+from core.settings import Settings
 from cutover.cli import cli
-from cutover.events import parse_event
 from cutover.services import ServiceInfo
-from cutover.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 GOOD = {

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from cutover.config import ColumnType, ConfigError, load_config, parse_config
+from core.config import ColumnType, ConfigError, load_config, parse_config
 
 GOOD = """
 [entities.orders]

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from cutover.events import Event, EventError, event_schema, parse_event
+from core.events import Event, EventError, event_schema, parse_event
 
 VALID = {
     "event_id": "e-1",

@@ -22,12 +22,12 @@ from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cutover import pubsub
+from core import pubsub
+from core.eventfile import parse_lines
+from core.events import Event, EventError, parse_event
+from core.settings import Settings
 from cutover.cli import cli
-from cutover.eventfile import parse_lines
-from cutover.events import Event, EventError, parse_event
 from cutover.services import ServiceInfo
-from cutover.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 # Every character str.splitlines() breaks on, besides "\n": a JSON string may hold

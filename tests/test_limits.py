@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from rethinkdb import r
 from rethinkdb.errors import ReqlDriverCompileError
 
-from cutover.limits import (
+from core.limits import (
     MAX_DEPTH,
     MAX_SAFE_INTEGER,
     LimitError,

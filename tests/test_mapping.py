@@ -6,8 +6,8 @@ from datetime import UTC, datetime
 
 import pytest
 
-from cutover.config import Config
-from cutover.events import Event
+from core.config import Config
+from core.events import Event
 from stores.mapping import (
     MappingError,
     Row,

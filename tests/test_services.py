@@ -171,7 +171,7 @@ def test_env_and_state_files_are_private(infos: dict[str, ServiceInfo], state_di
     assert "CUTOVER_SQL_DSN" not in env
     for path in (state_dir / "services.env", state_dir / "services" / "state.json"):
         assert stat.S_IMODE(path.stat().st_mode) == 0o600
-    from cutover.settings import Settings
+    from core.settings import Settings
 
     settings = Settings(_env_file=state_dir / "services.env")  # type: ignore[call-arg]
     assert settings.pubsub_emulator_host == infos["pubsub"].url

@@ -12,8 +12,8 @@ import json
 from datetime import datetime
 from typing import Any
 
-from cutover.runtime import Runtime
 from flags.audit import Change
+from stores.runtime import Runtime
 from subscribers import audit as subs_audit
 
 from .stages import audit_history

@@ -18,8 +18,8 @@ from typing import Any
 
 from backfill import control, ledger
 from backfill.partitions import PENDING, Partition, Run, partitions_of, runs_for
-from cutover.clock import now_utc
-from cutover.runtime import Runtime
+from core.clock import now_utc
+from stores.runtime import Runtime
 
 #: Recent rates are measured over at most this many seconds of observations.
 RATE_WINDOW_S = 120.0

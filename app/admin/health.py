@@ -25,10 +25,10 @@ import httpx
 from prometheus_client import Gauge
 from rethinkdb import r
 
-from cutover.clock import now_utc
-from cutover.config import Config
-from cutover.redaction import redact
-from cutover.settings import Settings
+from core.clock import now_utc
+from core.config import Config
+from core.redaction import redact
+from core.settings import Settings
 from stores.rethink import RethinkStore
 from stores.sql import SqlStore
 
@@ -83,7 +83,7 @@ def _rethink(settings: Settings, config: Config, timeout_s: float) -> str:
 def _pubsub(settings: Settings, config: Config, timeout_s: float) -> str:
     from google.cloud import pubsub_v1
 
-    from cutover.pubsub import publisher
+    from core.pubsub import publisher
 
     client: pubsub_v1.PublisherClient = publisher(settings, ordering=False)
     try:

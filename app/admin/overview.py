@@ -16,9 +16,9 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from backfill.ledger import LedgerEntry
-from cutover.clock import now_utc
-from cutover.redaction import redact
-from cutover.runtime import Runtime
+from core.clock import now_utc
+from core.redaction import redact
+from stores.runtime import Runtime
 
 from . import audit, backfill, shadow, stages, subscriptions, verification
 

@@ -18,11 +18,11 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from app.shadow import MismatchRecorder
-from cutover.clock import now_utc
-from cutover.runtime import Runtime
+from core.clock import now_utc
 from flags import evidence
 from flags.evidence import ClientEvidence, Counts, ShadowPolicy
 from flags.tables import MISMATCHES
+from stores.runtime import Runtime
 from stores.sql import SqlStore
 
 from ._sql import count_by

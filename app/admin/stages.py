@@ -14,10 +14,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from cutover.runtime import Runtime
 from flags.audit import Change
 from flags.service import EntityStatus, FlagService
 from flags.stages import FLAGGED
+from stores.runtime import Runtime
 
 
 @contextmanager

@@ -26,10 +26,10 @@ from typing import Any
 
 import pyodbc
 
-from cutover.clock import now_utc
-from cutover.config import Subscription
-from cutover.redaction import redact
-from cutover.runtime import Runtime
+from core.clock import now_utc
+from core.config import Subscription
+from core.redaction import redact
+from stores.runtime import Runtime
 from stores.sql import SqlStore, StoreUnavailable
 from subscribers import counters, failures, retention
 from subscribers.tables import FAILURES, TABLES

@@ -12,7 +12,7 @@ from typing import Any
 
 from backfill import ledger
 from backfill.tables import VERIFICATIONS
-from cutover.runtime import Runtime
+from stores.runtime import Runtime
 
 from ._sql import select_rows
 

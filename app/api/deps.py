@@ -16,9 +16,9 @@ from app.first_use import FirstUse
 from app.pools import ReadPools
 from app.reads import ReadModel
 from app.shadow import ShadowComparer
-from cutover.runtime import Runtime
-from cutover.settings import Settings
+from core.settings import Settings
 from flags.evaluator import StageSource
+from stores.runtime import Runtime
 
 
 @dataclass

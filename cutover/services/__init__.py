@@ -10,7 +10,7 @@ listens there) with its own directory under ``<state_dir>/services/<name>/``:
 
 PIDs, ports and tokens go to ``<state_dir>/services/state.json`` (0600) so that
 ``down()``/``status()`` work from any process; the ``CUTOVER_*`` settings for them go
-to ``<state_dir>/services.env``, which :mod:`cutover.settings` reads.
+to ``<state_dir>/services.env``, which :mod:`core.settings` reads.
 """
 
 from cutover.services._api import ALL, DEFAULT_STATE_DIR, down, env_for, status, up

@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 
-from cutover.redaction import redact
+from core.redaction import redact
 from cutover.services._model import HOST, Record, ServiceError, ServiceInfo
 
 #: Popen objects of servers this process started, so it can reap them properly.

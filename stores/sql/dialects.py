@@ -14,11 +14,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from cutover.config import IDENTIFIER, ColumnType
+from core.config import IDENTIFIER, ColumnType
 from stores import jsontext
 
 if TYPE_CHECKING:  # settings import pydantic-settings: not needed to build SQL
-    from cutover.settings import Dialect as DialectName
+    from core.settings import Dialect as DialectName
 
 #: Types of the project's own bookkeeping tables (checkpoints, ledger, audit, ...).
 InternalType = str  # "key" | "text" | "int" | "float" | "bool" | "datetime"

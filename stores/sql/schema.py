@@ -15,9 +15,9 @@ import json
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from cutover.clock import now_utc
-from cutover.config import SYSTEM_COLUMNS, Entity
-from cutover.limits import MAX_CLIENT_ID_CHARS
+from core.clock import now_utc
+from core.config import SYSTEM_COLUMNS, Entity
+from core.limits import MAX_CLIENT_ID_CHARS
 
 from ._cursors import StatementCursors
 from .dialects import Dialect

@@ -22,9 +22,9 @@ from typing import TYPE_CHECKING, Any
 
 import pyodbc
 
-from cutover.clock import now_utc
-from cutover.config import Config, Entity
-from cutover.redaction import redact
+from core.clock import now_utc
+from core.config import Config, Entity
+from core.redaction import redact
 
 from .. import jsontext
 from ..mapping import MappingError, Row
@@ -41,7 +41,7 @@ from .schema import (
 )
 
 if TYPE_CHECKING:
-    from cutover.settings import Settings
+    from core.settings import Settings
 
 
 #: A values list's key, and its rank (version, deleted), for :func:`newest`.

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import time
 
-from cutover.events import Event
-from cutover.pubsub import publish_events, publisher, topic_path
-from cutover.runtime import Runtime
+from core.events import Event
+from core.pubsub import publish_events, publisher, topic_path
+from stores.runtime import Runtime
 from subscribers import counters
 from subscribers.manage import add
 from subscribers.worker import Worker

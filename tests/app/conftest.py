@@ -21,12 +21,12 @@ from fastapi import FastAPI
 from support import make_runtime, seed_stores
 
 from app.main import create_app
+from core.config import Config
+from core.settings import Settings
 from cutover import services
-from cutover.config import Config
-from cutover.runtime import Runtime
-from cutover.settings import Settings
 from flags.evaluator import StageSource
 from stores.mapping import Row
+from stores.runtime import Runtime
 
 
 def unleash_overrides(info: services.ServiceInfo) -> dict[str, Any]:

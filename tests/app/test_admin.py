@@ -27,16 +27,16 @@ from backfill.progress import Progress
 from backfill.runner import Backfill, Options
 from backfill.sources import RethinkSource
 from backfill.verify import Verifier
+from core.clock import now_utc
+from core.config import Config
+from core.events import Event
+from core.settings import Settings
 from cutover import services
-from cutover.clock import now_utc
-from cutover.config import Config
-from cutover.events import Event
-from cutover.runtime import Runtime
-from cutover.settings import Settings
 from cutover.synthetic import client_ids, generate_history, reference
 from flags.file_backend import FileBackend
 from flags.stages import Stage
 from stores.mapping import Row
+from stores.runtime import Runtime
 from subscribers import failures
 
 TOKEN = "s3cret-admin-token-for-tests"
@@ -338,7 +338,7 @@ def test_run_progress_rate_and_eta_from_partition_counts() -> None:
 
     from app.admin.backfill import RateTracker, run_progress
     from backfill.partitions import Partition, Run
-    from cutover.clock import now_utc
+    from core.clock import now_utc
 
     now = now_utc()
     start = now - timedelta(seconds=10)

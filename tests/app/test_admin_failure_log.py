@@ -13,10 +13,10 @@ from fastapi.testclient import TestClient
 from support import insert_failures
 
 from app.main import create_app
+from core.config import Config
+from core.settings import Settings
 from cutover import services
-from cutover.config import Config
-from cutover.runtime import Runtime
-from cutover.settings import Settings
+from stores.runtime import Runtime
 from subscribers import retention
 from subscribers.tables import TABLES
 

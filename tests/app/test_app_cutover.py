@@ -17,13 +17,13 @@ import httpx
 import pytest
 
 from app.shadow import COMPARISONS, MISMATCH_COUNT, MismatchRecorder
+from core.config import Config
+from core.settings import Settings
 from cutover import services
-from cutover.config import Config
-from cutover.runtime import Runtime
-from cutover.settings import Settings
 from flags.service import FlagService
 from flags.stages import Stage
 from stores.mapping import Row
+from stores.runtime import Runtime
 
 #: The issue's bound for a stage change to reach the API, plus slack for a loaded
 #: 2-core test machine; the benchmark measures the real figure against 2 s.

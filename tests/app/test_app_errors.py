@@ -19,11 +19,11 @@ import pytest
 from fastapi import FastAPI
 from rethinkdb import r
 
-from cutover.runtime import Runtime
-from cutover.settings import Settings
+from core.settings import Settings
 from flags.evaluator import FixedStage
 from flags.stages import Stage
 from stores.mapping import Row
+from stores.runtime import Runtime
 
 pytestmark = pytest.mark.parametrize("sql_dsn", ["postgresql"], indirect=True)
 

@@ -23,10 +23,10 @@ from app.reads import present
 from backfill.progress import Progress
 from backfill.sources import RethinkSource
 from backfill.verify import Verifier
-from cutover.runtime import Runtime
 from flags.evaluator import FixedStage
 from flags.stages import Stage
 from stores.mapping import Row
+from stores.runtime import Runtime
 
 pytestmark = pytest.mark.parametrize("sql_dsn", ["postgresql"], indirect=True)
 

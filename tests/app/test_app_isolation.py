@@ -31,10 +31,10 @@ import httpx
 import pytest
 from support import frozen, make_runtime, seed_stores
 
+from core.config import Config
+from core.settings import Settings
 from cutover import services
-from cutover.config import Config
 from cutover.services.postgres import create_database
-from cutover.settings import Settings
 from flags.file_backend import FileBackend
 from flags.stages import Stage
 

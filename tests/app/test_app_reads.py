@@ -9,11 +9,11 @@ import pytest
 
 from app.reads import ReadModel, decode_cursor, encode_cursor
 from app.shadow import DROPPED, MismatchRecorder, ShadowComparer
-from cutover.runtime import Runtime
-from cutover.settings import Settings
+from core.settings import Settings
 from flags.evaluator import FixedStage
 from flags.stages import Stage
 from stores.mapping import Row
+from stores.runtime import Runtime
 
 
 def _walk(api: Any, entity: str, client: str, limit: int) -> tuple[list[dict], list[str | None]]:

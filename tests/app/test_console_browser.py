@@ -24,13 +24,13 @@ from backfill.progress import Progress
 from backfill.runner import Backfill, Options
 from backfill.sources import RethinkSource
 from backfill.verify import Verifier
+from core.config import Config
+from core.settings import Settings
 from cutover import services
-from cutover.config import Config
-from cutover.runtime import Runtime
-from cutover.settings import Settings
 from cutover.synthetic import client_ids, generate_history, reference
 from flags.service import FlagService
 from stores.mapping import Row
+from stores.runtime import Runtime
 
 pytestmark = pytest.mark.browser
 

@@ -15,12 +15,12 @@ from typing import Any
 import pytest
 from support import make_runtime
 
-from cutover.config import Config
-from cutover.runtime import Runtime
-from cutover.settings import Settings
+from core.config import Config
+from core.settings import Settings
 from flags.evaluator import FixedStage
 from flags.stages import Stage
 from stores.mapping import Row
+from stores.runtime import Runtime
 
 TOKEN = "evidence-admin-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}

@@ -9,7 +9,7 @@ from typing import Any
 
 from backfill.progress import Progress
 from backfill.runner import Options
-from cutover.config import Entity
+from core.config import Entity
 from cutover.synthetic import generate_history, reference
 from stores.mapping import Row, document_from_row, same_value
 from stores.sql import SqlStore

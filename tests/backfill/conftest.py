@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from backfill.sources import ExportSource, RethinkSource, write_export
-from cutover.config import Config, Entity
+from core.config import Config, Entity
 from stores.rethink import RethinkStore
 
 

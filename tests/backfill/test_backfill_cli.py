@@ -24,7 +24,7 @@ from backfill import ledger
 from backfill.cli import standalone
 from backfill.partitions import partitions_of, run_id_for
 from backfill.sources import ExportSource, write_export
-from cutover.config import Entity, load_config
+from core.config import Entity, load_config
 from stores.mapping import Row
 from stores.sql import SqlStore
 

@@ -27,9 +27,9 @@ from backfill.partitions import partitions_of
 from backfill.runner import Backfill
 from backfill.sources import DocStream, ExportSource, RethinkSource, find_table_file
 from backfill.tables import PARTITIONS, TABLES
-from cutover.clock import now_utc
-from cutover.config import Entity
-from cutover.events import Event
+from core.clock import now_utc
+from core.config import Entity
+from core.events import Event
 from cutover.synthetic import generate_history, reference, with_faults
 from stores.mapping import Row, row_from_event
 from stores.sql import SqlStore, bookkeeping

@@ -28,7 +28,7 @@ from backfill.documents import storable
 from backfill.runner import Backfill, Summary
 from backfill.sources import ExportSource, RethinkSource, decode
 from backfill.verify import Verifier
-from cutover.config import Entity
+from core.config import Entity
 from stores.mapping import MappingError, Row, row_from_document, same_value
 from stores.rethink import RethinkStore, r
 from stores.sql import SqlStore

@@ -24,7 +24,7 @@ import backfill.sources as sources
 from backfill.cli import standalone
 from backfill.runner import Backfill, Options, Summary
 from backfill.sources import ExportSource, RethinkSource, Source, write_export
-from cutover.config import Entity, load_config
+from core.config import Entity, load_config
 from stores.sql import SqlStore
 
 ROOT = Path(__file__).resolve().parents[2]

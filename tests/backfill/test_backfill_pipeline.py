@@ -20,7 +20,7 @@ from backfill.partitions import partitions_of
 from backfill.pipeline import Abandoned, InOrderCommits, Turn
 from backfill.runner import Backfill
 from backfill.sources import ExportSource
-from cutover.config import Entity
+from core.config import Entity
 from stores.sql import SqlStore, StoreUnavailable
 
 Export = Callable[[Entity, list[dict[str, Any]]], ExportSource]

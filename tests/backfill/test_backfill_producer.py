@@ -22,7 +22,7 @@ from backfill.partitions import partitions_of
 from backfill.producer import AHEAD, ProcessProducer
 from backfill.runner import Backfill
 from backfill.sources import ExportSource, RethinkSource, SourceError
-from cutover.config import Entity
+from core.config import Entity
 from stores.sql import SqlStore
 
 Export = Callable[[Entity, list[dict[str, Any]]], ExportSource]

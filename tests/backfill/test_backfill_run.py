@@ -15,7 +15,7 @@ from backfill_helpers import FAST, assert_state, docs_for, history_state, quiet
 from backfill import ledger
 from backfill.runner import Backfill
 from backfill.sources import ExportSource, RethinkSource
-from cutover.config import Entity
+from core.config import Entity
 from stores.mapping import Row
 from stores.sql import SqlStore
 

@@ -17,7 +17,7 @@ import pytest
 import backfill.sources as sources
 from backfill.documents import Unreadable
 from backfill.sources import DocStream, ExportSource, RethinkSource, SourceError, write_export
-from cutover.config import Entity
+from core.config import Entity
 from stores.rethink import RethinkStore
 
 

@@ -30,7 +30,7 @@ from hypothesis import strategies as st
 
 from backfill.line_decoder import block_decoder, line_decoder
 from backfill.sources import native
-from cutover.config import Column, ColumnType, Config, Entity, load_config
+from core.config import Column, ColumnType, Config, Entity, load_config
 from stores import jsontext
 from stores.mapping import MappingError, Row, row_from_document
 

@@ -20,7 +20,7 @@ from backfill import ledger
 from backfill.runner import Backfill
 from backfill.sources import ExportSource, RethinkSource
 from backfill.verify import BAD, EXTRA, FIELDS, MISSING, VERSION, Verifier
-from cutover.config import Entity
+from core.config import Entity
 from stores.mapping import Row, document_from_row
 from stores.rethink import RethinkStore
 from stores.sql import SqlStore

@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 from support import make_runtime, seed_stores
 
+from core.config import Config
+from core.settings import Settings
 from cutover import services
-from cutover.config import Config
-from cutover.runtime import Runtime
-from cutover.settings import Settings
 from stores.mapping import Row
+from stores.runtime import Runtime
 
 
 @pytest.fixture

@@ -6,8 +6,8 @@ from collections.abc import Collection, Iterable
 from datetime import timedelta
 from pathlib import Path
 
-from cutover.clock import now_utc
-from cutover.runtime import Runtime
+from core.clock import now_utc
+from stores.runtime import Runtime
 from stores.sql import bookkeeping
 
 

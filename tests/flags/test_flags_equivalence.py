@@ -8,11 +8,11 @@ from typing import Any
 
 import httpx
 
-from cutover.runtime import Runtime
 from flags.evaluator import StageReader
 from flags.file_backend import load_snapshot
 from flags.service import FlagService
 from flags.stages import Stage, flag_name
+from stores.runtime import Runtime
 
 STEPS: list[tuple[str, str, str | None]] = [
     ("set", "client-000", "shadow"),

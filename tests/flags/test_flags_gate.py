@@ -12,10 +12,10 @@ from click.testing import CliRunner
 from flags_support import cli_env
 
 from cutover.cli import cli
-from cutover.runtime import Runtime
 from flags.gate import GateRefused, decide
 from flags.service import FlagService
 from flags.stages import Stage
+from stores.runtime import Runtime
 
 NOW = datetime(2026, 1, 10, 12, 0, tzinfo=UTC)
 DAY = 24 * 3600
@@ -161,7 +161,7 @@ def test_gate_reads_the_backfill_ledger(file_runtime: Runtime, orders: str, seed
     """Ledger rows written the way the backfill writes them: a clean, recent, full
     verification opens the gate; a dirty or stale one closes it again, naming why."""
     ledger = pytest.importorskip("backfill.ledger")
-    from cutover.clock import now_utc
+    from core.clock import now_utc
 
     seed_both(file_runtime, orders, clients=1)
     store, d = file_runtime.sql, file_runtime.sql.dialect

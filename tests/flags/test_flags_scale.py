@@ -18,10 +18,9 @@ import pytest
 from click.testing import CliRunner
 from flags_support import cli_env, seed_ledger
 
+from core.config import ConfigError
+from core.settings import Settings
 from cutover.cli import cli
-from cutover.config import ConfigError
-from cutover.runtime import Runtime
-from cutover.settings import Settings
 from flags.evaluator import StageReader
 from flags.gate import BulkGateRefused, GateRefused
 from flags.service import FlagService
@@ -35,6 +34,7 @@ from flags.stages import (
     flag_name,
 )
 from flags.unleash_admin import UnleashAdmin
+from stores.runtime import Runtime
 from stores.sql import StoreUnavailable
 
 WAIT_S = 20.0  # only to avoid hanging: a wrong stage fails the comparison at the end

@@ -5,12 +5,12 @@ from __future__ import annotations
 import socket
 from typing import Any
 
-from cutover.runtime import Runtime
-from cutover.settings import Settings
+from core.settings import Settings
 from flags.service import FlagService
 from flags.stages import Stage
 from flags.state import clients_reading_old_store
 from stores.mapping import Row
+from stores.runtime import Runtime
 
 
 def test_moves_are_audited_and_repeats_are_no_ops(

@@ -12,12 +12,12 @@ from typing import Any
 import httpx
 import pytest
 
-from cutover.runtime import Runtime
-from cutover.settings import Settings
+from core.settings import Settings
 from flags.evaluator import StageReader
 from flags.service import FlagService
 from flags.stages import FlagError, Stage, flag_name
 from flags.unleash_admin import UnleashAdmin
+from stores.runtime import Runtime
 
 PROPAGATION_WAIT_S = 10.0  # generous: only to avoid hanging; speed is benchmarked apart
 

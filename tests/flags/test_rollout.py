@@ -23,11 +23,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 from support import frozen, make_runtime
 
+from core.clock import now_utc
+from core.config import Config, ConfigError, Subscription
+from core.settings import Settings
 from cutover import services
-from cutover.clock import now_utc
-from cutover.config import Config, ConfigError, Subscription
-from cutover.runtime import Runtime
-from cutover.settings import Settings
 from flags import rollout_state
 from flags.evaluator import StageReader
 from flags.evidence import Counts, Outcomes, add_counts, add_outcomes, bucket_start
@@ -44,6 +43,7 @@ from flags.rollout_state import RolloutError
 from flags.service import FlagService
 from flags.stages import PercentError, Stage, bucket, cohort_group, flag_name
 from stores.mapping import Row
+from stores.runtime import Runtime
 from subscribers import audit as sub_audit
 from subscribers import manage
 

@@ -19,12 +19,12 @@ from click.testing import CliRunner
 from flags_support import cli_env, seed_ledger
 
 from cutover.cli import cli
-from cutover.runtime import Runtime
 from flags import rollout_state
 from flags.audit import AuditLog
 from flags.rollout_state import PlanRow
 from flags.stages import bucket, cohort_group
 from flags.tables import TABLES
+from stores.runtime import Runtime
 
 WAIT_S = 60.0  # only to avoid hanging
 

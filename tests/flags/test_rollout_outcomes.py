@@ -14,14 +14,14 @@ from fastapi.testclient import TestClient
 from rethinkdb import r
 
 from app.main import create_app
-from cutover.clock import now_utc
-from cutover.runtime import Runtime
+from core.clock import now_utc
 from flags.evaluator import StageReader
 from flags.evidence import Outcomes, bucket_start, outcomes_per_client
 from flags.rollout_outcomes import CountReadOutcomes
 from flags.service import FlagService
 from flags.stages import Stage
 from stores.mapping import Row
+from stores.runtime import Runtime
 
 DEEP = "[" * 900 + "]" * 900  # valid JSON, beyond the contract's 16 levels
 

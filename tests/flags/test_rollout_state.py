@@ -10,7 +10,7 @@ from datetime import timedelta
 import pytest
 import sqlfluff
 
-from cutover.clock import now_utc
+from core.clock import now_utc
 from flags import rollout_state as state
 from flags.evidence import (
     OUTCOME_COUNTERS,

@@ -23,8 +23,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cutover.clock import now_utc
-from cutover.config import Config
+from core.clock import now_utc
+from core.config import Config
 from flags import evidence
 from flags.evidence import (
     Counts,
@@ -180,7 +180,7 @@ def test_a_failed_flush_keeps_its_counts_for_the_next(tmp_path: Path, config: Co
 CHILD = """
 import sys
 from datetime import UTC, datetime
-from cutover.config import load_config
+from core.config import load_config
 from flags.evidence import Counts, EvidenceBuffer
 from stores.sql import SqlStore
 dsn, dialect, entity, n = sys.argv[1:5]
@@ -345,7 +345,7 @@ def cli_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, config: Config) -> 
     monkeypatch.setenv("CUTOVER_CONFIG_FILE", str(ROOT / "cutover.toml"))
     monkeypatch.setenv("CUTOVER_STATE_DIR", str(tmp_path / "state"))
     monkeypatch.setenv("CUTOVER_GATE_MIN_SHADOW_COMPARISONS", "10")
-    from cutover.settings import Settings
+    from core.settings import Settings
 
     return SqlStore.from_settings(Settings(), config)
 

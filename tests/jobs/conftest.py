@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from jobs_support import JobsWorld, config_text
 
+from core.settings import Settings
 from cutover import services
-from cutover.settings import Settings
 from cutover.tables import all_tables
 
 

@@ -23,11 +23,11 @@ from typing import Any
 from backfill.export_index import ClientIndexedExport
 from backfill.job_worker import JobOptions, JobWorker
 from backfill.sources import Source, write_export
-from cutover.config import Entity
-from cutover.runtime import Runtime
-from cutover.settings import Settings
+from core.config import Entity
+from core.settings import Settings
 from cutover.synthetic import generate_history, reference
 from stores.mapping import Row, document_from_row
+from stores.runtime import Runtime
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from backfill import export_index
 from backfill.export_index import ClientIndexedExport
 from backfill.sources import DocStream, ExportSource, find_table_file, write_export
-from cutover.config import Entity, load_config
+from core.config import Entity, load_config
 
 ROOT = Path(__file__).resolve().parents[2]
 ORDERS: Entity = load_config(ROOT / "cutover.toml").entity("orders")

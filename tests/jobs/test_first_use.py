@@ -22,8 +22,8 @@ from jobs_support import JobsWorld, documents, history
 from app.main import create_app
 from backfill import jobs, ledger
 from backfill.sources import RethinkSource
-from cutover.runtime import Runtime
-from cutover.settings import Settings
+from core.settings import Settings
+from stores.runtime import Runtime
 
 CLIENTS = 20
 
@@ -112,7 +112,7 @@ def test_a_jobs_topic_that_is_missing_never_fails_a_read(jobs_world: JobsWorld) 
     rt.rethink.ensure_tables()
     rt.rethink.insert_documents(w.entity, documents(w.entity, rows))
     drop(rt, rt.cfg.jobs_or_error().subscription)  # the API's publishes now fail
-    from cutover import pubsub
+    from core import pubsub
 
     pubsub.publisher(w.settings).delete_topic(
         topic=pubsub.topic_path(w.settings, rt.cfg.jobs_or_error().topic)

@@ -18,7 +18,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from backfill.jobs import KIND, VERSION, Job, JobMessageError, parse_job, sweep_order
-from cutover.config import Config, load_config
+from core.config import Config, load_config
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG: Config = load_config(ROOT / "cutover.toml")

@@ -21,9 +21,9 @@ from jobs_support import JobsWorld, documents, history
 from backfill import jobs, ledger
 from backfill.partitions import partitions_of
 from backfill.tables import JOBS
-from cutover import pubsub
+from core import pubsub
+from core.config import Entity
 from cutover.cli import cli
-from cutover.config import Entity
 from stores.mapping import Row, same_value
 from stores.sql import SqlStore, bookkeeping
 from subscribers import failures

@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from cutover.config import Config
+from core.config import Config
 from cutover.services import ServiceInfo
 from stores.mapping import Row, row_from_document
 from stores.rethink import RethinkStore, RethinkUnavailable

@@ -11,7 +11,7 @@ import pyodbc
 import pytest
 from support import frozen
 
-from cutover.config import Config
+from core.config import Config
 from cutover.services import ServiceInfo
 from stores.mapping import MappingError, Row
 from stores.rethink import RethinkAuthFailed, RethinkStore, RethinkUnavailable

@@ -19,7 +19,7 @@ from sqlalchemy import BigInteger, Boolean, Float, Unicode, UnicodeText
 from sqlalchemy.dialects import mssql
 from sqlalchemy.dialects.mssql import DATETIME2
 
-from cutover.config import ColumnType, Config
+from core.config import ColumnType, Config
 from flags.evidence import COUNTERS
 from flags.tables import EVIDENCE
 from stores.sql import SqlStore, entity_table, get_dialect

@@ -15,8 +15,8 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from cutover.config import Config
-from cutover.events import Event
+from core.config import Config
+from core.events import Event
 from cutover.synthetic import generate_history, reference, with_faults
 from stores.mapping import Row, row_from_event
 from stores.sql import SqlStore, entity_table

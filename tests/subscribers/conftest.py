@@ -24,10 +24,10 @@ from unittest import mock
 
 import pytest
 
+from core.config import load_config
+from core.settings import Settings
 from cutover import services
-from cutover.config import load_config
-from cutover.runtime import Runtime
-from cutover.settings import Settings
+from stores.runtime import Runtime
 from subscribers import counters
 from subscribers.worker import Worker
 

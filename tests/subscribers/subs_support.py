@@ -8,10 +8,10 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from cutover import pubsub
-from cutover.config import Entity
-from cutover.events import Event
-from cutover.settings import Settings
+from core import pubsub
+from core.config import Entity
+from core.events import Event
+from core.settings import Settings
 from cutover.synthetic import reference
 from stores.mapping import Row, row_from_document, same_value
 from stores.rethink import RethinkStore

@@ -13,8 +13,8 @@ import time
 from pydantic import SecretStr
 from subs_support import publish, wait_until
 
-from cutover.runtime import Runtime
 from cutover.synthetic import generate_history
+from stores.runtime import Runtime
 from subscribers import manage
 from subscribers.worker import Worker
 

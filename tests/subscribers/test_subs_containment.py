@@ -32,8 +32,8 @@ from pydantic import SecretStr
 from rethinkdb.errors import ReqlDriverCompileError
 from subs_support import differences, publish, publish_raw, stop_process, wait_until
 
+from core.events import Event
 from cutover.cli import cli
-from cutover.events import Event
 from cutover.synthetic import reference
 from cutover.tables import all_tables
 from stores.mapping import Row, row_from_document

@@ -10,8 +10,8 @@ import pytest
 from click.testing import CliRunner
 from subs_support import publish, publish_raw, wait_until
 
+from core.events import Event
 from cutover.cli import cli
-from cutover.events import Event
 from cutover.synthetic import generate_history
 from subscribers import audit, failures, manage
 

@@ -8,7 +8,7 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from cutover import pubsub
+from core import pubsub
 from cutover.cli import cli
 from cutover.synthetic import generate_history
 from stores.mapping import row_from_event

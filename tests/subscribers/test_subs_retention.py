@@ -21,11 +21,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from support import insert_failures
 
+from core.config import Config
+from core.settings import Settings
 from cutover.cli import cli
-from cutover.config import Config
-from cutover.runtime import Runtime
 from cutover.services import ServiceInfo
-from cutover.settings import Settings
+from stores.runtime import Runtime
 from stores.sql import SqlStore, bookkeeping
 from subscribers import audit, retention
 from subscribers.tables import FAILURES, TABLES
@@ -214,7 +214,7 @@ def test_log_sizes_count_every_status_and_the_oldest_entry(store: SqlStore) -> N
 
 
 def test_retention_keys_are_typed_config(config: Config) -> None:
-    from cutover.config import ConfigError, parse_config
+    from core.config import ConfigError, parse_config
 
     sub = config.subscription("orders-sqlstore")
     assert (sub.failure_retention_days_replayed, sub.failure_retention_days_open) == (30, 0)

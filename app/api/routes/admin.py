@@ -28,11 +28,11 @@ from app.admin.auth import AdminDep, require_admin
 from app.admin.health import public_view
 from app.api.deps import ServicesDep
 from app.paths import DecodedPathRoute
-from cutover.config import ConfigError
-from cutover.redaction import redact
-from cutover.runtime import Runtime
+from core.config import ConfigError
+from core.redaction import redact
 from flags.gate import GateRefused
 from flags.stages import ClientIdError, FlagError, InputError, ListLimitError
+from stores.runtime import Runtime
 
 
 def _no_store(response: Response) -> None:

@@ -27,7 +27,7 @@ from app.reads import (
     encode_cursor,
     present,
 )
-from cutover.config import ConfigError, Entity
+from core.config import ConfigError, Entity
 from flags.stages import Stage
 from stores.mapping import Row
 

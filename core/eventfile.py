@@ -3,7 +3,7 @@
 A line is what lies between two ``b"\\n"`` bytes and nothing else: U+2028, U+2029,
 U+0085, a lone ``\\r`` or a form feed inside a JSON string is part of that string,
 never a line break (``str.splitlines()`` would split there and turn one valid event
-into two bad halves). Each line goes through :func:`cutover.events.parse_event`, the
+into two bad halves). Each line goes through :func:`core.events.parse_event`, the
 worker's own parser, as the bytes a Pub/Sub message body would carry, so a file is
 accepted exactly when every one of its events would be.
 
@@ -13,7 +13,7 @@ whitespace after the object, which the worker accepts too, and the event is
 re-serialised on publish, so it never reaches a message body.
 
 The whole file is checked before anything is returned: the first line that is not
-UTF-8 or not a valid event raises :class:`~cutover.events.EventError` naming the
+UTF-8 or not a valid event raises :class:`~core.events.EventError` naming the
 file, the line and (for bad bytes) the byte offset in the file.
 """
 

@@ -83,7 +83,7 @@ def parse_event(raw: bytes | str) -> Event:
     Whatever the body holds, this returns an event or raises EventError: the size and
     the nesting depth are checked before any recursive step (the parser's own
     recursion is caught, pydantic and the mapping only ever see shallow values). The
-    values themselves are checked against :mod:`cutover.limits` by the mapping.
+    values themselves are checked against :mod:`core.limits` by the mapping.
     """
     if len(raw) > MAX_BODY_BYTES:
         raise EventError(f"message is {len(raw):,} bytes, more than {MAX_BODY_BYTES:,}")

@@ -9,11 +9,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from functools import cached_property
 
+from core.config import Config, load_config
+from core.settings import Settings
 from stores.rethink import RethinkStore
 from stores.sql import SqlStore
-
-from .config import Config, load_config
-from .settings import Settings
 
 
 @dataclass
