@@ -537,6 +537,10 @@ class Backfill:
                 self._backoff(exc, "store", attempt)
 
     def _backoff(self, exc: BaseException, what: str, attempt: int = 1) -> None:
+        """Wait before retrying ``exc``; a store that refused the login (not retryable)
+        fails the run at once instead, since waiting cannot help."""
+        if not getattr(exc, "retryable", True):
+            raise exc
         delay = min(30.0, self.opt.retry_base_s * 2 ** (attempt - 1))
         self.emit(f"backfill {self.entity.name}: {what} failed ({exc}); retrying in {delay:.1f} s")
         if self._stop.wait(delay):

@@ -10,14 +10,15 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
+import pytest
 from backfill_helpers import FAST, assert_state, docs_for, history_state, quiet
 
 from backfill import ledger
 from backfill.runner import Backfill
 from backfill.sources import ExportSource, RethinkSource
-from core.config import Entity
+from core.config import Config, Entity
 from stores.mapping import Row
-from stores.sql import SqlStore
+from stores.sql import SqlStore, StoreAuthFailed
 
 Export = Callable[[Entity, list[dict[str, Any]]], ExportSource]
 Live = Callable[[Entity, list[dict[str, Any]]], RethinkSource]
@@ -144,3 +145,24 @@ def test_dry_run_writes_nothing(sql_store: SqlStore, orders: Entity, export_of: 
     assert summary.dry_run and summary.complete
     assert summary.read == len(state) + 1 and [b.ref for b in summary.bad] == ["key:bad"]
     assert sql_store.count(orders, include_deleted=True) == 0
+
+
+def test_a_refused_login_fails_the_run_at_once_without_the_secret(
+    postgres_dsn: str, config: Config, orders: Entity, export_of: Export
+) -> None:
+    """A wrong user (the test cluster trusts every known user): the run fails with the
+    store's authentication error after no retries, and copies nothing."""
+    import re
+    import time
+
+    secret = "not-the-password-77a1"
+    wrong = re.sub(r"UID=[^;]*;PWD=[^;]*;", f"UID=nobody_3;PWD={secret};", postgres_dsn)
+    store = SqlStore(wrong, "postgresql", config)
+    state = history_state(orders, clients=1, ids=5)
+    source = export_of(orders, docs_for(orders, state.values()))
+    started = time.monotonic()
+    with pytest.raises(StoreAuthFailed) as refused:
+        Backfill(store, source, orders, replace(FAST, retry_base_s=5.0), progress=quiet).run()
+    assert time.monotonic() - started < 5.0  # not one backoff of 5 s
+    assert secret not in str(refused.value) and "nobody_3" not in str(refused.value)
+    store.close()
