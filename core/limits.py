@@ -43,9 +43,10 @@ MAX_ARRAY_ITEMS = 100_000
 #: Largest integer magnitude inside a JSON value (exact in a double).
 MAX_SAFE_INTEGER = 2**53
 #: Timestamps the old store keeps to the microsecond: RethinkDB holds a time as a
-#: double of epoch seconds, exact to 1 us only within +/- 2**53 us of 1970 (1684..2255).
+#: double of epoch seconds, whose spacing stays under 1 us (so the driver's rounding
+#: gives the same microsecond back) only within +/- 2**33 s of 1970 (1697..2242).
 EARLIEST_TIME = datetime(1700, 1, 1, tzinfo=UTC)
-LATEST_TIME = datetime(2250, 1, 1, tzinfo=UTC)
+LATEST_TIME = datetime(2240, 1, 1, tzinfo=UTC)
 #: Characters in one client id (the SQL store's client column).
 MAX_CLIENT_ID_CHARS = 255
 #: Bytes in one message body or exported document.

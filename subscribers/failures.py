@@ -337,19 +337,23 @@ def _apply(
     sub = runtime.cfg.subscription(failure.subscription)
     entity = runtime.cfg.entity(sub.entity)
     store, sink = runtime.sql, sink_for(runtime, sub)
-    try:
-        with store.transaction() as cur:
-            result = sink.write(entity, [row], cur)
-            applied: Literal["applied", "stale"] = "applied" if result.applied else "stale"
-            note = applied + (" (corrected body)" if corrected else "")
-            _resolve(store, cur, failure, note)
-    except Exception as exc:
-        if sink.store_failure(exc):
-            raise StoreUnavailable(
-                f"replay of {failure.message_id!r} changed nothing: {sink.label} failed: "
-                f"{type(exc).__name__}: {redact(str(exc)[:1000])}"
-            ) from exc
-        return blame(sink, entity, exc)
+    note = ""
+    for attempt in (1, 2):  # twice, as the handler does: a driver's glitch does not repeat
+        try:
+            with store.transaction() as cur:
+                result = sink.write(entity, [row], cur)
+                applied: Literal["applied", "stale"] = "applied" if result.applied else "stale"
+                note = applied + (" (corrected body)" if corrected else "")
+                _resolve(store, cur, failure, note)
+            break
+        except Exception as exc:
+            if sink.store_failure(exc):
+                raise StoreUnavailable(
+                    f"replay of {failure.message_id!r} changed nothing: {sink.label} failed: "
+                    f"{type(exc).__name__}: {redact(str(exc)[:1000])}"
+                ) from exc
+            if attempt == 2:
+                return blame(sink, entity, exc)
     outcome.result, outcome.detail = applied, note
     return None
 
